@@ -1,0 +1,5 @@
+import sys
+
+from fmtspec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,639 @@
+"""`fmtspec experiment EXPERIMENT.yaml`: train what is missing, score every run with the stock `lm_eval`
+command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnostics.
+
+    name: rte_mt5_xxl
+    base_model: google/mt5-xxl         # every run starts from it, replacing its config's `model` (a run's
+                                       # `model:` wins); `tiny:mt5` builds a tiny offline model
+    tasks: [fmtspec_rte, fmtspec_suite]  # what lm_eval scores for each run
+    checkpoint_tasks: [fmtspec_suite_1shot]  # what it scores on each intermediate checkpoint (default: tasks)
+    baseline: pretrained               # the label the leaderboard's deltas are taken against
+    lm_eval: {batch_size: 8, limit: null, gen_kwargs: null, device: null, model_args: {}}
+    train: {tasks: [fmtspec_rte]}       # config keys every trained run shares (< its config < its `train`)
+    runs:
+      - {label: pretrained, method: pretrained}
+      - {label: finetune, config: configs/promot/mt5_xxl/rte/finetune.yaml, checkpoints: all}
+      - {label: promot, method: promot, train: {prompt: {length: 100}}}
+      - {label: twice, config: ..., init_from: finetune}     # a chain: starts from finetune's model
+    alignment: {runs: [finetune], steps: [0, final], layer: "decoder:-1", batches: 4, batch_size: 8}
+    launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train
+
+Folder (`--output`, else `output:`, else experiments_out/<name>):
+
+    runs/<label>/           fmtspec run folders (`fmtspec train --output`)
+    configs/<label>.yaml    the merged training config each run was started with
+    results/<label>/        lm_eval --output_path of each run's chosen checkpoint (+ score.json)
+    checkpoints/<label>/step-N/  a run.json view of each checkpoint (step-0: the start model) + lm_eval/
+    diagnostics/<label>/    specialization.{json,png}, alignment.{json,png}
+    leaderboard.md, plots/  the board and its plots (leaderboards/)
+    logs/                   every subprocess's output;  actions.jsonl: what each invocation did
+
+Re-running skips finished work: a run folder with a run.json is not trained again (a folder without one
+is resumed with `--resume`), and a score whose score.json matches the same command, and is newer than
+the run, is not recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmtspec.errors import FmtspecError
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = "pretrained"  # the method of a run that is only scored
+TINY_PREFIX = "tiny:"  # base_model: tiny:<kind> builds fmtspec.tiny_models' model into the experiment folder
+
+TOP_KEYS = ("name", "output", "base_model", "tasks", "checkpoint_tasks", "baseline", "lm_eval", "train", "runs",
+            "alignment", "launcher")
+RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "checkpoints")
+LM_EVAL_KEYS = ("batch_size", "limit", "gen_kwargs", "device", "model_args")
+ALIGNMENT_KEYS = ("runs", "steps", "layer", "task", "batches", "batch_size", "seed")
+
+
+@dataclass
+class RunSpec:
+    label: str
+    method: str  # "pretrained" or a trainer method (resolved from the config when only `config` is given)
+    model: str | None  # what a pretrained run scores / what a trained run starts from
+    raw_config: dict | None  # the merged training config (None for pretrained runs)
+    init_from: str | None
+    checkpoints: str  # "final" | "all"
+
+
+@dataclass
+class Experiment:
+    name: str
+    source: Path
+    output: Path
+    base_model: str
+    tasks: list[str]
+    checkpoint_tasks: list[str]
+    baseline: str
+    lm_eval: dict
+    runs: list[RunSpec]
+    alignment: dict | None = None
+    launcher: list[str] | None = None  # the command that trains, before CONFIG.yaml (default: fmtspec train)
+    log: list[dict] = field(default_factory=list)  # actions of this invocation
+
+    def run(self, label: str) -> RunSpec:
+        return next(r for r in self.runs if r.label == label)
+
+    def run_dir(self, label: str) -> Path:
+        return self.output / "runs" / label
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and validating the experiment file
+
+
+def _closest(name: str, options) -> str:
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _check_keys(mapping, allowed, where: str, source: Path) -> None:
+    if not isinstance(mapping, dict):
+        raise FmtspecError(f"{source}: '{where or 'the file'}' must be a mapping of {', '.join(allowed)}")
+    for key in mapping:
+        if key not in allowed:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise FmtspecError(f"{source}: unknown key '{dotted}'{_closest(key, allowed)}")
+
+
+def _task_list(value, where: str, source: Path) -> list[str]:
+    from harness_tasks.catalog import ALL_TASKS, GROUPS
+
+    if isinstance(value, str):
+        value = [t for t in value.split(",") if t.strip()]
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        raise FmtspecError(f"{source}: '{where}' must be a non-empty list of lm-eval task or group names")
+    known = list(ALL_TASKS) + list(GROUPS)
+    for task in value:  # other lm-eval tasks pass through; a misspelt fmtspec task does not
+        if task.startswith("fmtspec_") and task not in known:
+            raise FmtspecError(f"{source}: unknown task '{task}' in '{where}'{_closest(task, known)}")
+    return [t.strip() for t in value]
+
+
+def _find_config(path: str, source: Path) -> Path:
+    """A run's `config:` as written, else beside the experiment file, else in the fmtspec checkout."""
+    candidates = [Path(path)] if Path(path).is_absolute() else [Path.cwd() / path, source.parent / path, REPO / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return Path(os.path.abspath(candidate))  # not resolve(): a venv's python is a symlink
+    looked = ", ".join(str(c.parent) for c in candidates)
+    raise FmtspecError(f"{source}: file not found: {path} (looked in {looked})")
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FmtspecError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return data if data is not None else {}
+
+
+def load_experiment(path: str | Path, output: str | Path | None = None) -> Experiment:
+    """Read and check the whole experiment (every run's training config too) before any work."""
+    from trainers.config import METHODS, load_config, merge
+
+    source = Path(path)
+    if not source.is_file():
+        raise FmtspecError(f"experiment file not found: {source}")
+    data = _read_yaml(source)
+    _check_keys(data, TOP_KEYS, "", source)
+    for key in ("name", "runs"):
+        if not data.get(key):
+            raise FmtspecError(f"{source}: '{key}' must be set")
+    name = str(data["name"])
+    out = Path(output or data.get("output") or Path("experiments_out") / name).resolve()
+    base_model = data.get("base_model")
+    tasks = _task_list(data.get("tasks"), "tasks", source)
+    checkpoint_tasks = _task_list(data.get("checkpoint_tasks") or tasks, "checkpoint_tasks", source)
+    lm_eval = {"batch_size": 8, "limit": None, "gen_kwargs": None, "device": None, "model_args": {}}
+    _check_keys(data.get("lm_eval") or {}, LM_EVAL_KEYS, "lm_eval", source)
+    lm_eval.update(data.get("lm_eval") or {})
+    if not isinstance(lm_eval["model_args"], dict):
+        raise FmtspecError(f"{source}: 'lm_eval.model_args' must be a mapping (e.g. {{dtype: bfloat16}})")
+    shared = data.get("train") or {}
+    if not isinstance(shared, dict):
+        raise FmtspecError(f"{source}: 'train' must be a mapping of training config keys")
+    if not isinstance(data["runs"], list):
+        raise FmtspecError(f"{source}: 'runs' must be a list of {{label, method or config, ...}}")
+
+    runs: list[RunSpec] = []
+    labels: list[str] = []
+    for i, item in enumerate(data["runs"]):
+        where = f"runs[{i}]"
+        _check_keys(item, RUN_KEYS, where, source)
+        label = item.get("label")
+        if not label or not isinstance(label, str) or "/" in label or label.startswith("."):
+            raise FmtspecError(f"{source}: {where} needs a 'label' (a folder name, no '/')")
+        if label in labels:
+            raise FmtspecError(f"{source}: two runs have the label '{label}'")
+        labels.append(label)
+        where = f"run '{label}'"
+        checkpoints = item.get("checkpoints", "final")
+        if checkpoints not in ("final", "all"):
+            raise FmtspecError(f"{source}: {where}: checkpoints is {checkpoints!r}; choose final or all")
+        method = item.get("method")
+        model = item.get("model") or base_model
+        if method == PRETRAINED:
+            for key in ("config", "train", "init_from"):
+                if key in item:
+                    raise FmtspecError(f"{source}: {where}: a pretrained run is only scored; remove '{key}'")
+            if not model:
+                raise FmtspecError(f"{source}: {where}: set 'model' or the experiment's 'base_model'")
+            if checkpoints == "all":
+                raise FmtspecError(f"{source}: {where}: a pretrained run has no checkpoints; remove 'checkpoints'")
+            runs.append(RunSpec(label, PRETRAINED, str(model), None, None, "final"))
+            continue
+        if method is not None and method not in METHODS:
+            raise FmtspecError(f"{source}: {where}: unknown method '{method}'"
+                               f"{_closest(method, (PRETRAINED, *METHODS))}; "
+                               f"choose {PRETRAINED} or {', '.join(METHODS)}")
+        if method is None and "config" not in item:
+            raise FmtspecError(f"{source}: {where} needs 'method' or 'config'")
+        raw = copy.deepcopy(shared)
+        if "config" in item:
+            raw = merge(raw, _read_yaml(_find_config(str(item["config"]), source)))
+        if not isinstance(item.get("train", {}), dict):
+            raise FmtspecError(f"{source}: {where}: 'train' must be a mapping of training config keys")
+        raw = merge(raw, item.get("train") or {})
+        if method is not None:
+            raw["method"] = method
+        if model:
+            raw["model"] = str(model)
+        parent = item.get("init_from")
+        if parent is not None:
+            if parent not in labels[:-1]:
+                known = [r.label for r in runs if r.method != PRETRAINED]
+                raise FmtspecError(f"{source}: {where}: init_from '{parent}' is not the label of an earlier "
+                                   f"trained run{_closest(parent, known)}")
+            if next(r for r in runs if r.label == parent).method == PRETRAINED:
+                raise FmtspecError(f"{source}: {where}: init_from '{parent}' is a pretrained run; "
+                                   "start from base_model instead")
+            raw["init_from"] = str(out / "runs" / parent)
+        try:
+            config = load_config(None, raw=raw)
+        except FmtspecError as exc:
+            raise FmtspecError(f"{source}: {where}: {exc}") from None
+        runs.append(RunSpec(label, config["method"], raw.get("model"), raw, parent, checkpoints))
+
+    baseline = data.get("baseline", PRETRAINED)
+    if baseline not in labels:
+        raise FmtspecError(f"{source}: baseline '{baseline}' is not a run label{_closest(baseline, labels)}")
+    if not base_model and any(r.method == PRETRAINED for r in runs):
+        raise FmtspecError(f"{source}: 'base_model' must be set")
+    alignment = data.get("alignment")
+    if alignment is not None:
+        _check_keys(alignment, ALIGNMENT_KEYS, "alignment", source)
+        for label in alignment.get("runs") or []:
+            if label not in labels or next(r for r in runs if r.label == label).method == PRETRAINED:
+                raise FmtspecError(f"{source}: alignment.runs: '{label}' is not a trained run"
+                                   f"{_closest(label, labels)}")
+    return Experiment(name, source.resolve(), out, str(base_model) if base_model else "", tasks, checkpoint_tasks,
+                      baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source))
+
+
+def _launcher(value, source: Path) -> list[str] | None:
+    """`launcher:` as argv; a script path is found like a run's config (as written, beside the file, in the checkout)."""
+    import shlex
+
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise FmtspecError(f"{source}: 'launcher' must be a command, e.g. scripts/train_single_node.sh --num_gpus 8")
+    argv = shlex.split(value)
+    if "/" in argv[0]:
+        argv[0] = str(_find_config(argv[0], source))
+    return argv
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running: stages, subprocesses, skipping
+
+
+def say(message: str) -> None:
+    print(f"[fmtspec] {message}", flush=True)
+
+
+def offline_env() -> dict:
+    """The environment of the training and lm_eval subprocesses: the caller's, plus quiet tokenizers."""
+    return {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+
+
+def record(exp: Experiment, action: str, label: str, **extra) -> None:
+    """Append what this invocation did to actions.jsonl (tests and users read what was skipped)."""
+    entry = {"time": round(time.time(), 3), "action": action, "label": label, **extra}
+    exp.log.append(entry)
+    exp.output.mkdir(parents=True, exist_ok=True)
+    with open(exp.output / "actions.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def run_logged(cmd: list[str], log: Path, what: str, stream: bool = False) -> None:
+    """Run `cmd`, its output into `log` (and the console with `stream`); one clear line when it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=offline_env(), text=True,
+                                errors="replace")
+        tail: list[str] = []
+        for line in proc.stdout:
+            f.write(line)
+            if stream:
+                sys.stderr.write(line)
+            if line.strip():
+                tail = (tail + [line.strip()])[-40:]
+        code = proc.wait()
+    if code != 0:
+        raise FmtspecError(f"{what} failed (exit {code}): {_error_line(tail)} (full output: {log})")
+
+
+def _error_line(tail: list[str]) -> str:
+    """The most telling line of a failed subprocess: our own one-line errors first, else the last line."""
+    for prefix in ("fmtspec ", "promot_hf:", "fmtspec:"):
+        for line in reversed(tail):
+            if line.startswith(prefix):
+                return line
+    for line in reversed(tail):
+        if "Error" in line or "error" in line:
+            return line
+    return tail[-1] if tail else "(no output)"
+
+
+def ensure_tiny_model(exp: Experiment, model: str | None) -> str | None:
+    """`tiny:<kind>` -> the folder of that tiny offline model, built into the experiment folder once."""
+    if not model or not model.startswith(TINY_PREFIX):
+        return model
+    from fmtspec.tiny_models import KINDS, build_tiny_model
+
+    kind = model[len(TINY_PREFIX):]
+    if kind not in KINDS:
+        raise FmtspecError(f"unknown tiny model '{model}'; choose {', '.join(TINY_PREFIX + k for k in KINDS)}")
+    folder = exp.output / "models" / kind
+    if not (folder / "config.json").is_file():
+        say(f"building the tiny {kind} model in {folder}")
+        build_tiny_model(kind, folder)
+    return str(folder)
+
+
+def _first_difference(a, b, where: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}{key}.")
+    return where.rstrip(".") or "(the whole config)"
+
+
+def resolved_config(exp: Experiment, spec: RunSpec) -> tuple[dict, dict]:
+    """(the raw config `fmtspec train` gets, the resolved config it will record in run.json)."""
+    from trainers.config import load_config
+
+    raw = copy.deepcopy(spec.raw_config)
+    if raw.get("model"):
+        raw["model"] = ensure_tiny_model(exp, raw["model"])
+    return raw, json.loads(json.dumps(load_config(None, raw=raw)))
+
+
+def check_trained_configs(exp: Experiment) -> None:
+    """Before any work: a finished run trained with another config than the experiment asks for is an error,
+    never silently reused."""
+    from fmtspec.run_folder import is_run_folder, read_manifest
+
+    for spec in exp.runs:
+        run_dir = exp.run_dir(spec.label)
+        if spec.method == PRETRAINED or not is_run_folder(run_dir):
+            continue
+        trained = read_manifest(run_dir).get("config")
+        config = resolved_config(exp, spec)[1]
+        if trained is not None and trained != config:
+            raise FmtspecError(f"run '{spec.label}': {run_dir} was trained with another config "
+                               f"('{_first_difference(trained, config)}' differs); delete it to train again")
+
+
+def train_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> None:
+    """Train `spec` into runs/<label>, unless its run.json is there; resume an interrupted run."""
+    import yaml
+
+    from fmtspec.run_folder import is_run_folder
+
+    run_dir = exp.run_dir(spec.label)
+    if is_run_folder(run_dir):
+        say(f"train {spec.label}: done before, skipped ({run_dir})")
+        record(exp, "skip-train", spec.label)
+        return
+    raw, _ = resolved_config(exp, spec)
+    config_file = exp.output / "configs" / f"{spec.label}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    text = (f"# merged by fmtspec experiment {exp.source.name} for run '{spec.label}'\n"
+            + yaml.safe_dump(raw, sort_keys=False))
+    if not config_file.is_file() or config_file.read_text() != text:
+        config_file.write_text(text)
+    resume = run_dir.is_dir() and any(run_dir.iterdir())
+    launcher = exp.launcher or [sys.executable, "-m", "fmtspec", "train"]
+    cmd = [*launcher, str(config_file), "--output", str(run_dir)]
+    if resume:
+        cmd.append("--resume")
+    say(f"train {spec.label} ({spec.method}){' resuming' if resume else ''} -> {run_dir}")
+    start = time.time()
+    run_logged(cmd, exp.output / "logs" / f"{spec.label}.train.log", f"training run '{spec.label}'", stream)
+    if not is_run_folder(run_dir):
+        raise FmtspecError(f"training run '{spec.label}' ended without writing {run_dir}/run.json")
+    record(exp, "resume" if resume else "train", spec.label, seconds=round(time.time() - start, 1))
+    say(f"train {spec.label}: done in {time.time() - start:.0f} s")
+
+
+# ---- scoring ----------------------------------------------------------------------------------------
+
+
+def model_args_text(args: dict) -> str:
+    for key, value in args.items():
+        if "," in str(value) or "=" in str(value):
+            raise FmtspecError(f"model_args {key}={value!r}: values may not contain ',' or '='")
+    return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def score(model_args: dict, tasks: list[str], out_dir: Path, settings: dict, log: Path, *,
+          newer_than: Path | None = None, stream: bool = False) -> tuple[Path, bool]:
+    """Score with `python -m lm_eval --model promot_hf` into `out_dir`, unless the same command already did.
+
+    Returns (results file, whether lm_eval ran). `out_dir/score.json` records the command's key and its
+    results file; the score is reused when both match and the results are newer than `newer_than`."""
+    model_args = {**{k: str(v) for k, v in model_args.items()},
+                  **{k: str(v) for k, v in (settings.get("model_args") or {}).items()}}
+    key = {"model_args": model_args, "tasks": list(tasks), "limit": settings.get("limit"),
+           "gen_kwargs": settings.get("gen_kwargs"), "device": settings.get("device")}
+    marker = out_dir / "score.json"
+    done = _finished_score(marker, key, tasks, newer_than)
+    if done is not None:
+        return done, False
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "promot_hf", "--model_args", model_args_text(model_args),
+           "--tasks", ",".join(tasks), "--output_path", str(out_dir),
+           "--batch_size", str(settings.get("batch_size") or 1)]
+    if settings.get("limit") is not None:
+        cmd += ["--limit", str(settings["limit"])]
+    if settings.get("gen_kwargs"):
+        cmd += ["--gen_kwargs", str(settings["gen_kwargs"])]
+    if settings.get("device"):
+        cmd += ["--device", str(settings["device"])]
+    before = set(out_dir.rglob("results_*.json")) if out_dir.is_dir() else set()
+    run_logged(cmd, log, f"lm_eval on {model_args.get('pretrained')}", stream)
+    new = sorted(set(out_dir.rglob("results_*.json")) - before)
+    if not new:
+        raise FmtspecError(f"lm_eval wrote no results file under {out_dir} (full output: {log})")
+    marker.write_text(json.dumps({**key, "results": str(new[-1].relative_to(out_dir))}, indent=2) + "\n")
+    return new[-1], True
+
+
+def _finished_score(marker: Path, key: dict, tasks: list[str], newer_than: Path | None) -> Path | None:
+    if not marker.is_file():
+        return None
+    try:
+        saved = json.loads(marker.read_text())
+        results = marker.parent / saved["results"]
+        data = json.loads(results.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if {k: saved.get(k) for k in key} != key:
+        return None
+    covered = set(data.get("results") or {}) | set(data.get("group_subtasks") or {})
+    if not set(tasks) <= covered:
+        return None
+    if newer_than is not None and newer_than.exists() and results.stat().st_mtime < newer_than.stat().st_mtime:
+        return None
+    return results
+
+
+def checkpoint_view(run_dir: Path, step: int, view_dir: Path) -> Path:
+    """A run.json that presents `run_dir/checkpoints/step-N` as a run folder, so that `promot_hf` loads the
+    checkpoint's model (or the run's start model where that stage left it unchanged) and prompts.
+    Step 0 is the model the run started from, without prompts."""
+    from fmtspec.run_folder import read_manifest
+    from trainers import run as rf
+
+    manifest = read_manifest(run_dir)
+    ckpt = rf.checkpoint_dir(run_dir, step).resolve()
+    if step != 0 and not (ckpt / rf.TRAINER_STATE).is_file():
+        raise FmtspecError(f"{run_dir} has no complete checkpoint step-{step}")
+    n = len(manifest.get("tasks") or [])
+    lora = manifest.get("prompt_type") == "lora"
+    prompts = {}
+    for task in manifest.get("prompts") or {}:
+        folder = ckpt / rf.prompt_folder(task, n, lora)
+        if step != 0 and folder.is_dir():
+            prompts[task] = str(folder)
+    model = str(ckpt / "model") if step != 0 and (ckpt / "model").is_dir() else None
+    view = {**manifest, "model": model, "prompts": prompts, "checkpoint": {"step": step},
+            "view_of": str(run_dir.resolve())}
+    view_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(view, indent=2) + "\n"
+    path = view_dir / "run.json"
+    if not path.is_file() or path.read_text() != text:  # keep its mtime when nothing changed
+        path.write_text(text)
+    return view_dir
+
+
+def score_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> Path:
+    """Score the run's chosen checkpoint on the experiment's tasks; returns the results folder."""
+    from fmtspec.run_folder import MANIFEST
+
+    out_dir = exp.output / "results" / spec.label
+    if spec.method == PRETRAINED:
+        target, newer_than = ensure_tiny_model(exp, spec.model), None
+    else:
+        target, newer_than = str(exp.run_dir(spec.label)), exp.run_dir(spec.label) / MANIFEST
+    start = time.time()
+    say(f"score {spec.label} on {','.join(exp.tasks)}")
+    _, ran = score({"pretrained": target}, exp.tasks, out_dir, exp.lm_eval,
+                   exp.output / "logs" / f"{spec.label}.lm_eval.log", newer_than=newer_than, stream=stream)
+    record(exp, "score" if ran else "skip-score", spec.label, seconds=round(time.time() - start, 1))
+    say(f"score {spec.label}: {'done in %.0f s' % (time.time() - start) if ran else 'done before, skipped'}")
+    return out_dir
+
+
+def score_checkpoints(exp: Experiment, spec: RunSpec, stream: bool = False) -> list[tuple[int, Path]]:
+    """Score every intermediate checkpoint of a run on `checkpoint_tasks`: [(step, results file)]. Step 0 (the
+    start model) comes from a pretrained run of the same model where there is one, else it is scored too."""
+    from trainers import run as rf
+
+    run_dir = exp.run_dir(spec.label)
+    start = baseline_point(exp, spec)
+    points = [start] if start else []
+    steps = ([] if start else [0]) + rf.checkpoint_steps(run_dir)
+    for i, step in enumerate(steps, 1):
+        view = checkpoint_view(run_dir, step, exp.output / "checkpoints" / spec.label / f"step-{step}")
+        start = time.time()
+        say(f"score {spec.label} checkpoint step-{step} ({i}/{len(steps)}) on {','.join(exp.checkpoint_tasks)}")
+        results, ran = score({"pretrained": str(view)}, exp.checkpoint_tasks, view / "lm_eval", exp.lm_eval,
+                             exp.output / "logs" / f"{spec.label}.step-{step}.lm_eval.log",
+                             newer_than=run_dir / "run.json", stream=stream)
+        record(exp, "score" if ran else "skip-score", spec.label, step=step, seconds=round(time.time() - start, 1))
+        points.append((step, results))
+    return points
+
+
+# ---- the whole experiment ---------------------------------------------------------------------------
+
+
+def write_leaderboard(exp: Experiment) -> list[Path]:
+    from leaderboards.board import build
+    from leaderboards.cli import write_text_atomically
+    from leaderboards.plots import write_plots
+    from leaderboards.results import load_checkpoints
+
+    specs = [f"{r.label}={exp.output / 'results' / r.label}" for r in exp.runs]
+    board = build(load_checkpoints(specs), exp.baseline)
+    written = write_plots(board, exp.output / "plots")
+    write_text_atomically(exp.output / "leaderboard.md", board.markdown)
+    return [exp.output / "leaderboard.md", *written]
+
+
+def baseline_point(exp: Experiment, spec: RunSpec) -> tuple[int, Path] | None:
+    """Step 0 of a run's specialization curve: the pretrained run that scored the model it started from."""
+    from fmtspec.run_folder import read_manifest
+
+    start = read_manifest(exp.run_dir(spec.label)).get("base_model")
+    for other in exp.runs:
+        if other.method == PRETRAINED and ensure_tiny_model(exp, other.model) == start:
+            marker = exp.output / "results" / other.label / "score.json"
+            if marker.is_file():
+                results = marker.parent / json.loads(marker.read_text())["results"]
+                covered = set(json.loads(results.read_text()).get("results") or {})
+                if set(_leaf_tasks(exp.checkpoint_tasks)) <= covered:
+                    return 0, results
+    return None
+
+
+def _leaf_tasks(tasks: list[str]) -> list[str]:
+    from harness_tasks.catalog import GROUPS
+
+    out = []
+    for task in tasks:
+        out += _leaf_tasks(GROUPS[task]) if task in GROUPS else [task]
+    return out
+
+
+def _alignment_done(folder: Path, run_dir: Path, settings: dict) -> bool:
+    """alignment.json of the same settings, newer than the run it measured."""
+    path = folder / "alignment.json"
+    try:
+        same = json.loads(path.read_text()).get("settings") == json.loads(json.dumps(settings))
+    except (OSError, ValueError):
+        return False
+    fresh = path.stat().st_mtime >= (run_dir / "run.json").stat().st_mtime
+    return same and fresh and (folder / "alignment.png").is_file()
+
+
+def run_experiment(exp: Experiment, stream: bool = False) -> dict:
+    """Every stage in order; returns {"leaderboard": path, "plots": [...], "diagnostics": [...]}."""
+    from fmtspec import diagnose
+
+    started = time.time()
+    exp.output.mkdir(parents=True, exist_ok=True)
+    check_trained_configs(exp)
+    trained = [r for r in exp.runs if r.method != PRETRAINED]
+    say(f"experiment {exp.name}: {len(trained)} run(s) to train, {len(exp.runs)} to score -> {exp.output}")
+    for i, spec in enumerate(trained, 1):
+        say(f"stage train [{i}/{len(trained)}]")
+        train_run(exp, spec, stream)
+    for i, spec in enumerate(exp.runs, 1):
+        say(f"stage score [{i}/{len(exp.runs)}]")
+        score_run(exp, spec, stream)
+    diagnostics = []
+    for spec in [r for r in trained if r.checkpoints == "all"]:
+        points = score_checkpoints(exp, spec, stream)
+        table = diagnose.specialization_table(points, exp.run_dir(spec.label))
+        diagnostics += diagnose.write_specialization(table, exp.output / "diagnostics" / spec.label, spec.label)
+    if exp.alignment:
+        settings = dict(exp.alignment)
+        for label in settings.pop("runs", None) or []:
+            folder = exp.output / "diagnostics" / label
+            if _alignment_done(folder, exp.run_dir(label), settings):
+                say(f"gradient alignment of {label}: done before, skipped")
+                record(exp, "skip-alignment", label)
+                diagnostics += [folder / "alignment.json", folder / "alignment.png"]
+                continue
+            say(f"gradient alignment of {label}")
+            result = diagnose.alignment_for_run(exp.run_dir(label), **settings)
+            result["settings"] = settings
+            diagnostics += diagnose.write_alignment(result, folder, label)
+            record(exp, "alignment", label)
+    say("stage leaderboard")
+    written = write_leaderboard(exp)
+    copy_of_source = exp.output / "experiment.yaml"  # what was asked, kept beside what it produced
+    if not copy_of_source.is_file() or copy_of_source.read_text() != exp.source.read_text():
+        copy_of_source.write_text(exp.source.read_text())
+    say(f"experiment {exp.name} done in {time.time() - started:.0f} s")
+    say(f"leaderboard: {written[0]}")
+    for path in written[1:] + diagnostics:
+        say(f"  {path}")
+    return {"leaderboard": written[0], "plots": written[1:], "diagnostics": diagnostics}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", metavar="EXPERIMENT.yaml", help="the experiment (see experiments/)")
+    parser.add_argument("--output", metavar="DIR", default=None,
+                        help="experiment folder (default: the file's 'output', else experiments_out/<name>)")
+    parser.add_argument("--check", action="store_true", help="only validate the experiment and every run's config")
+    parser.add_argument("--verbose", action="store_true", help="stream the training and lm_eval output too")
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.experiment, args.output)
+    if args.check:
+        say(f"{args.experiment}: {len(exp.runs)} runs, tasks {','.join(exp.tasks)}; OK")
+        return 0
+    run_experiment(exp, stream=args.verbose)
+    return 0

@@ -1,0 +1,1 @@
+"""Markdown leaderboards (and plots) from lm-eval results of fmtspec checkpoints: `fmtspec leaderboard`."""

@@ -1,0 +1,61 @@
+"""`fmtspec leaderboard LABEL=PATH [LABEL=PATH ...] --baseline LABEL --output FILE.md [--plots DIR]`.
+
+Import-light: matplotlib is imported only when --plots is given; torch and lm_eval never.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from fmtspec.errors import FmtspecError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="+", metavar="[LABEL=]PATH",
+        help="an lm-eval --output_path folder (the newest results per task are used), one results JSON file, "
+             "or a folder holding many models' results; LABEL defaults to the run folder's or the folder's name")
+    parser.add_argument("--baseline", required=True, metavar="LABEL",
+                        help="the checkpoint the Norm. Avg. deltas are taken against (e.g. the pretrained model)")
+    parser.add_argument("--output", required=True, metavar="FILE.md", help="where to write the markdown board")
+    parser.add_argument("--plots", metavar="DIR", help="also write PNG plots (Norm. Avg., trade-off, training loss)")
+    parser.add_argument("--stderr", action="store_true", help="show lm-eval's standard errors (value ± se)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from leaderboards.board import build
+    from leaderboards.results import load_checkpoints
+
+    checkpoints = load_checkpoints(args.paths)
+    labels = [c.label for c in checkpoints]
+    if args.baseline not in labels:
+        raise FmtspecError(f"unknown baseline label {args.baseline!r}; the labels are: {', '.join(labels)}")
+    board = build(checkpoints, args.baseline, show_stderr=args.stderr)
+    written = []
+    if args.plots:
+        from leaderboards.plots import write_plots
+
+        written += write_plots(board, Path(args.plots))
+    write_text_atomically(Path(args.output), board.markdown)
+    for path in [Path(args.output), *written]:
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Never leave a half-written board: write beside it, then rename."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise FmtspecError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,457 @@
+"""`promot_hf`: lm-eval's `hf` model with a ProMoT soft prompt switched on and off per task.
+
+ProMoT (seed 002, section 4 "Evaluation") uses the trained soft prompt only for tasks of the fine-tuned
+task's format and removes it for all others. Each lm-eval request carries its task name, so every
+`loglikelihood` / `generate_until` call is split into one group per prompt (or none) and run as `hf` runs
+it, with the prompt's P embeddings prepended to the input embeddings of the base model:
+
+- encoder-decoder: to the encoder input only (as the paper does), mask extended with P ones;
+- decoder-only: to the input, the P extra logits dropped again; truncation leaves room for them.
+
+The prompt is applied here on the plain transformers model rather than through PEFT, whose prompt-tuning
+wrapper may prepend vectors to the decoder too and whose `disable_adapter()` its seq2seq `generate`
+ignores. Generation is also done here, because stock `hf` gets seq2seq wrong (it passes
+`context + max_gen_toks` as the decoder's `max_length` and its stop check looks back from the encoder
+length) and pads a prompted decoder-only batch on the wrong side of the prompt: `promot_hf` generates
+at most `max_gen_toks` new tokens, stops at the stop strings, and gives the same text at any batch size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from tqdm import tqdm
+
+from fmtspec import run_folder
+from fmtspec.errors import FmtspecError
+from model_adapters.soft_prompt import CONFIG_FILE, check_width, load_soft_prompt, read_adapter_type
+
+log = logging.getLogger(__name__)
+
+PROMPT_MODES = ("on", "off", "auto")
+SENTINEL = "<extra_id_0>"
+
+
+class PromotHFLM(HFLM):
+    """`lm_eval --model promot_hf --model_args pretrained=...,soft_prompt=...,prompt=auto,prompt_tasks=...`.
+
+    pretrained    a Hugging Face model (folder or hub id) or a run folder written by `fmtspec train`
+    soft_prompt   a PEFT prompt-tuning folder, or a LoRA adapter folder (overrides the run folder's prompts)
+    prompt        on | off | auto (default): auto prompts only the requests of the prompt's own tasks
+    prompt_tasks  `|`-separated task names or glob patterns served by `soft_prompt` (default: the manifest's)
+    sentinel      true | false: append <extra_id_0> to generation contexts and keep sentinels in the output
+    Every other argument goes to `hf` unchanged.
+    """
+
+    def __init__(self, pretrained, soft_prompt=None, prompt="auto", prompt_tasks=None, sentinel=None, **kwargs):
+        self._prompt_mode = _parse_mode(prompt)
+        sentinel = None if sentinel in (None, "") else _parse_bool(sentinel, "sentinel")
+        self._active = None  # [P, d] prompt of the group of requests being run, or None
+        self._task_prompts: dict[str, str | None] = {}  # every task seen -> the prompt folder it ran with
+        self._run_dir, manifest = _open_run_folder(pretrained, kwargs.get("subfolder"))
+        if manifest is not None:
+            pretrained = run_folder.model_path(self._run_dir, manifest)
+            if "tokenizer" not in kwargs and not _has_tokenizer(pretrained):
+                kwargs["tokenizer"] = manifest["base_model"]  # a trainer's model/ may hold weights only
+        self._routes, untasked = _prompt_routes(self._run_dir, manifest, soft_prompt, prompt_tasks, self._prompt_mode)
+        if prompt_tasks not in (None, "") and manifest is not None:
+            _warn_if_untrained(self._routes, manifest)
+        folders = list(dict.fromkeys(folder for _, folder in self._routes))
+        loras = [folder for folder in folders if read_adapter_type(folder) == "LORA"]
+        # read every prompt before loading the model, so that a bad folder fails fast
+        soft_prompts = {folder: load_soft_prompt(folder) for folder in folders if folder not in loras}
+        super().__init__(pretrained=pretrained, **kwargs)
+
+        embeddings = self.model.get_input_embeddings().weight
+        self._prompts = {}  # prompt folder -> [P, d] on the model's device, in its dtype
+        for folder, soft in soft_prompts.items():
+            check_width(soft, embeddings.shape[1], folder)
+            self._prompts[folder] = soft.embeddings.to(device=embeddings.device, dtype=embeddings.dtype)
+        self._loras, self._lora_tuner = self._load_loras(loras)
+        if untasked is not None:
+            raise FmtspecError(f"prompt=auto needs the tasks of soft prompt {untasked}: give "
+                               "prompt_tasks=<task|glob|...> (or prompt=on to prompt every task)")
+        self._sentinel = self._resolve_sentinel(sentinel, manifest)
+
+    # ---- which prompt serves which task ----
+
+    def _prompt_for(self, task: str | None) -> str | None:
+        if self._prompt_mode == "off" or not self._routes:
+            return None
+        if self._prompt_mode == "on":
+            return self._routes[0][1]
+        for pattern, folder in self._routes:  # an exact name wins over a glob
+            if pattern == task:
+                return folder
+        for pattern, folder in self._routes:
+            if task is not None and fnmatch.fnmatchcase(task, pattern):
+                return folder
+        return None
+
+    def _per_prompt(self, requests, run):
+        """Run `run` on the requests of each prompt (or none) in turn; results in the requests' order."""
+        groups: dict[str | None, list[int]] = {}
+        for i, request in enumerate(requests):
+            folder = self._prompt_for(request.task_name)
+            self._task_prompts[request.task_name] = folder
+            groups.setdefault(folder, []).append(i)
+        results = [None] * len(requests)
+        for folder, indices in groups.items():
+            self._activate(folder)
+            try:
+                for i, result in zip(indices, run([requests[i] for i in indices]), strict=True):
+                    results[i] = result
+            finally:
+                self._activate(None)
+        return results
+
+    def _activate(self, folder: str | None) -> None:
+        """Make `folder`'s prompt (or LoRA adapter) the one the next forward passes use; None: the bare model."""
+        self._active = self._prompts.get(folder)
+        if self._lora_tuner is not None:
+            if folder in self._loras:
+                self._lora_tuner.enable_adapter_layers()
+                self._lora_tuner.set_adapter(self._loras[folder])
+            else:
+                self._lora_tuner.disable_adapter_layers()
+
+    def _load_loras(self, folders: list[str]):
+        """LoRA adapters (the trainers' `stage1: lora`) injected into the model, all off until a task needs one.
+
+        The model object stays the transformers model: PEFT swaps its layers in place, and the tuner
+        switches them per group of requests, so forward and generate need nothing special."""
+        if not folders:
+            return {}, None
+        from peft import PeftModel
+
+        names = {folder: f"promot_lora_{i}" for i, folder in enumerate(folders)}
+        peft_model = None
+        for folder, name in names.items():
+            try:
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(self._model, folder, adapter_name=name)
+                else:
+                    peft_model.load_adapter(folder, adapter_name=name)
+            except Exception as exc:  # PEFT's own messages can span lines
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise FmtspecError(f"cannot load LoRA adapter {folder}: {first}") from None
+        peft_model.eval()
+        peft_model.base_model.disable_adapter_layers()
+        return names, peft_model.base_model
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._per_prompt(requests, lambda group: super(PromotHFLM, self).loglikelihood(group, disable_tqdm))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._per_prompt(
+            requests, lambda group: super(PromotHFLM, self).loglikelihood_rolling(group, disable_tqdm))
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        return self._per_prompt(requests, lambda group: self._generate_group(group, disable_tqdm))
+
+    # ---- the prompt in the forward pass ----
+
+    @property
+    def _prompt_len(self) -> int:
+        return 0 if self._active is None else int(self._active.shape[0])
+
+    @property
+    def max_length(self) -> int:
+        # room for the prompt: every truncation in `hf` (loglikelihood, rolling, generation) reads this
+        return super().max_length - self._prompt_len
+
+    def _with_prompt(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] token ids -> [B, P + L] input embeddings, the prompt first."""
+        embeds = self.model.get_input_embeddings()(ids)
+        prompt = self._active.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        return torch.cat([prompt, embeds], dim=1)
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if self._active is None:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        with torch.no_grad(), self._autocast():
+            embeds = self._with_prompt(inps)
+            if self.backend == "seq2seq":
+                mask = F.pad(attn_mask, (self._prompt_len, 0), value=1)
+                return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits
+            return self.model(inputs_embeds=embeds).logits[:, self._prompt_len:]
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                              enabled=self.mixed_precision_dtype is not None)
+
+    # ---- generation ----
+
+    def _generate_group(self, requests, disable_tqdm: bool):
+        results = []
+        reorder = Collator([r.args for r in requests], sort_fn=lambda req: (-len(self.tok_encode(req[0])), req[0]),
+                           group_by="gen_kwargs", group_fn=lambda req: req[1])
+        batch_size = self._detect_batch_size() if str(self.batch_size).startswith("auto") else self.batch_size
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running generate_until requests")
+        for chunk in reorder.get_batched(n=batch_size):
+            contexts, all_gen_kwargs = zip(*chunk, strict=True)
+            kwargs = normalize_gen_kwargs(all_gen_kwargs[0], self.max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+            max_new = kwargs.pop("max_gen_toks")
+            if kwargs.pop("max_length", None) is not None:
+                log.warning("promot_hf ignores `max_length` in generation kwargs: use `max_gen_toks`")
+            rows = self._encode_contexts(contexts, max_new)
+            for context, tokens in zip(contexts, self._generate_rows(rows, max_new, until, kwargs), strict=True):
+                text = postprocess_generated_text(self._decode_generation(tokens), until, self._think_end_str)
+                results.append(text)
+                self.cache_hook.add_partial("generate_until", (context, all_gen_kwargs[0]), text)
+                pbar.update(1)
+        pbar.close()
+        return reorder.get_original(results)
+
+    @property
+    def _think_end_str(self):
+        return self.think_end_token if isinstance(self.think_end_token, str) else None
+
+    def _encode_contexts(self, contexts, max_new: int) -> list[list[int]]:
+        """Token ids of each context as `hf` encodes them, plus the sentinel, left-truncated to fit."""
+        ids, mask = self.tok_batch_encode(list(contexts))
+        rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
+        if self._sentinel:
+            sentinel = self.tokenizer.convert_tokens_to_ids(SENTINEL)
+            eos = self.tokenizer.eos_token_id
+            rows = [row[:-1] + [sentinel, eos] if row and row[-1] == eos else row + [sentinel] for row in rows]
+        # the encoder takes max_length tokens; a decoder-only model also needs room for the new tokens
+        limit = self.max_length - (max_new if self.backend == "causal" else 0)
+        if limit <= 0:
+            raise FmtspecError(f"max_gen_toks={max_new} leaves no room for the context within max_length="
+                               f"{self.max_length + self._prompt_len} (soft prompt: {self._prompt_len} positions)")
+        if any(len(row) > limit for row in rows):
+            log.warning("promot_hf: generation context longer than %d tokens, truncated from the left", limit)
+        return [row[-limit:] for row in rows]
+
+    @torch.no_grad()
+    def _generate_rows(self, rows: list[list[int]], max_new: int, until: list[str], kwargs: dict) -> list[list[int]]:
+        """Greedy (or sampled) generation of at most `max_new` tokens per row; returns the new tokens only.
+
+        Decoder-only rows are padded on the left of [prompt, tokens] and encoder rows on the right, with
+        the mask, so that positions do not depend on the batch."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(row) for row in rows)
+        left = self.backend == "causal"
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            ids[i, span], mask[i, span] = torch.tensor(row, dtype=torch.long), 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+
+        kwargs = dict(kwargs)
+        if not kwargs.get("do_sample"):
+            kwargs.pop("temperature", None)
+        stop = _StopStrings(until, self._decode_generation)
+        inputs, start = {"input_ids": ids}, width if left else 1  # seq2seq output starts with the decoder start
+        if self._active is not None:
+            embeds, masks = [], []
+            for i, (row_embeds, row) in enumerate(zip(self._with_prompt(ids), rows, strict=True)):
+                if left:  # [pad..., prompt, tokens]
+                    n_pad = width - len(row)
+                    p = self._prompt_len
+                    embeds.append(torch.cat([row_embeds[p:p + n_pad], row_embeds[:p], row_embeds[p + n_pad:]]))
+                    masks.append(torch.cat([mask[i, :n_pad], mask.new_ones(p + len(row))]))
+                else:  # [prompt, tokens, pad...]
+                    embeds.append(row_embeds)
+                    masks.append(F.pad(mask[i], (self._prompt_len, 0), value=1))
+            inputs, mask = {"inputs_embeds": torch.stack(embeds)}, torch.stack(masks)
+            start = 0 if left else 1  # decoder-only generate given embeddings returns the new tokens only
+        with self._autocast():
+            out = self.model.generate(**inputs, attention_mask=mask, max_new_tokens=max_new, stopping_criteria=[stop],
+                                      pad_token_id=pad, use_cache=True, **kwargs)
+        return [row[start:] for row in out.tolist()]
+
+    def _decode_generation(self, tokens: list[int]) -> str:
+        """Text of generated tokens up to the first EOS; with sentinels on, `<extra_id_N>` stays in the text."""
+        eos = self.tokenizer.eos_token_id
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos)]
+        if isinstance(self.think_end_token, int) and self.think_end_token in tokens:
+            tokens = tokens[len(tokens) - tokens[::-1].index(self.think_end_token):]
+        if not self._sentinel:
+            return self.tok_decode(tokens)
+        drop = {self.tokenizer.pad_token_id, self.tokenizer.bos_token_id, eos}
+        return self.tokenizer.decode([t for t in tokens if t not in drop], skip_special_tokens=False)
+
+    # ---- settings and records ----
+
+    def _resolve_sentinel(self, sentinel: bool | None, manifest) -> bool:
+        """As asked; else as the run's training inputs were; else on for seq2seq tokenizers with sentinels."""
+        has_sentinel = SENTINEL in self.tokenizer.get_vocab()
+        if sentinel is None:
+            if manifest is not None and manifest.get("sentinel") is not None:
+                sentinel = bool(manifest["sentinel"])
+            else:
+                sentinel = self.backend == "seq2seq" and has_sentinel
+        if sentinel and not has_sentinel:
+            raise FmtspecError(f"sentinel=true needs a tokenizer with {SENTINEL}; "
+                               f"{self.tokenizer.name_or_path} has none")
+        return sentinel
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        if self._prompt_mode == "auto" and self._routes and self._task_prompts \
+                and not any(self._task_prompts.values()):
+            log.warning("promot_hf: prompt_tasks %s matched no task of this run (%s); no request used the prompt",
+                        "|".join(p for p, _ in self._routes), ", ".join(sorted(self._task_prompts)))
+        info["promot_hf"] = {
+            "prompt": self._prompt_mode,
+            "sentinel": self._sentinel,
+            "run_folder": None if self._run_dir is None else str(self._run_dir),
+            "prompt_tasks": {pattern: folder for pattern, folder in self._routes},
+            "task_prompts": dict(sorted(self._task_prompts.items())),
+        }
+        return info
+
+
+class _StopStrings(transformers.StoppingCriteria):
+    """Marks a row done once its generated text contains a stop string, decoded with the final decoder,
+    so it never stops a row whose final text would not be cut there. A stop string can only have
+    appeared in the text of the last few tokens, so each step decodes that tail alone (decoding the
+    whole generation every step made long generations quadratic)."""
+
+    def __init__(self, stops: list[str], decode):
+        self.stops = [s for s in stops if s]
+        self.decode = decode
+        # a stop string of L characters spans at most L tokens; the margin keeps its start away from
+        # the tail's first token, whose decoding may differ at a word boundary
+        self._tail = max((len(s) for s in self.stops), default=0) + 8
+        self._start = None  # where the generated tokens begin in `input_ids`
+        self._done = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self._start is None:  # first call: exactly one new token
+            self._start = input_ids.shape[1] - 1
+            self._done = [False] * input_ids.shape[0]
+        if self.stops:
+            tail_start = max(self._start, input_ids.shape[1] - self._tail)
+            for i, row in enumerate(input_ids[:, tail_start:].tolist()):
+                if not self._done[i]:
+                    text = self.decode(row)
+                    self._done[i] = any(s in text for s in self.stops)
+        return torch.tensor(self._done, dtype=torch.bool, device=input_ids.device)
+
+
+# ---- arguments ----
+
+
+def _parse_mode(prompt) -> str:
+    mode = str(prompt).strip().lower()
+    if mode not in PROMPT_MODES:
+        raise FmtspecError(f"prompt={prompt!r} is not one of {'|'.join(PROMPT_MODES)}")
+    return mode
+
+
+def _parse_bool(value, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise FmtspecError(f"{name}={value!r} is not true or false")
+
+
+def _open_run_folder(pretrained, subfolder) -> tuple[Path | None, dict | None]:
+    """(run folder, manifest) when `pretrained` is a fmtspec run folder, else (None, None).
+
+    A local folder with neither config.json nor run.json is neither a model nor a run: say so."""
+    if not isinstance(pretrained, str) or subfolder:
+        return None, None
+    path = Path(pretrained)
+    if run_folder.is_run_folder(path):
+        return path, run_folder.read_manifest(path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        run_folder.read_manifest(path)  # raises: "... is not a fmtspec run folder: it has no run.json"
+    return None, None
+
+
+def _has_tokenizer(model: str) -> bool:
+    path = Path(model)
+    return not path.is_dir() or any((path / name).is_file() for name in
+                                    ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model"))
+
+
+def _prompt_routes(run_dir, manifest, soft_prompt, prompt_tasks, mode) -> tuple[list[tuple[str, str]], str | None]:
+    """([(task name or glob, prompt folder)] in the order they are tried, the folder of a prompt whose
+    tasks are unknown under prompt=auto or None). The caller checks that folder before saying so."""
+    patterns = None if prompt_tasks in (None, "") else [p.strip() for p in str(prompt_tasks).split("|") if p.strip()]
+    from_run = {} if manifest is None else {k: str(v) for k, v in run_folder.prompt_paths(run_dir, manifest).items()}
+    untasked = None
+    if soft_prompt not in (None, ""):
+        folder = str(soft_prompt)
+        tasks = patterns if patterns is not None else (list(from_run) or _tasks_of_prompt_in_run(folder))
+        if mode == "auto" and not tasks:
+            untasked = folder
+        routes = [(task, folder) for task in tasks] or [("*", folder)]
+    elif from_run:
+        if patterns is not None:
+            folders = set(from_run.values())
+            if len(folders) != 1:
+                raise FmtspecError(f"prompt_tasks= applies to a single prompt, but run folder {run_dir} has "
+                                   f"{len(folders)} (one per task); leave prompt_tasks out")
+            from_run = {task: folders.pop() for task in patterns}
+        routes = list(from_run.items())
+    else:
+        if patterns is not None:
+            raise FmtspecError("prompt_tasks= given but there is no prompt: add soft_prompt=<folder> "
+                               "or use a run folder with prompts")
+        routes = []
+    if mode == "on" and not routes:
+        raise FmtspecError("prompt=on but there is no soft prompt: give soft_prompt=<folder> or a run folder with one")
+    if mode == "on" and len({folder for _, folder in routes}) > 1:
+        raise FmtspecError(f"prompt=on needs a single prompt, but run folder {run_dir} has one per task: "
+                           "use prompt=auto")
+    for _, folder in routes:
+        adapter_type = read_adapter_type(folder)
+        if adapter_type not in (None, "PROMPT_TUNING", "LORA"):
+            raise FmtspecError(f"{folder}/{CONFIG_FILE} is a {adapter_type} adapter; promot_hf switches "
+                               "prompt-tuning prompts and LoRA adapters only")
+    return routes, untasked
+
+
+def _warn_if_untrained(routes, manifest) -> None:
+    trained = [t.get("name") if isinstance(t, dict) else str(t) for t in manifest.get("tasks") or []]
+    if trained and not any(fnmatch.fnmatchcase(str(task), pattern) for pattern, _ in routes for task in trained):
+        log.warning("promot_hf: prompt_tasks %s names no task the run was trained on (%s)",
+                    "|".join(pattern for pattern, _ in routes), ", ".join(map(str, trained)))
+
+
+def _tasks_of_prompt_in_run(folder: str) -> list[str]:
+    """The tasks a prompt serves when it lies in a run folder (RUN/soft_prompt or RUN/prompts/<task>)."""
+    path = Path(folder).resolve()
+    for run_dir in (path.parent, path.parent.parent):
+        if run_folder.is_run_folder(run_dir):
+            prompts = run_folder.prompt_paths(run_dir, run_folder.read_manifest(run_dir))
+            return [task for task, where in prompts.items() if where.resolve() == path]
+    return []
+
+
+def _one_line_errors(previous):
+    """The `lm_eval` CLI lets exceptions from model creation escape: print ours as one line (exit status 1)."""
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, FmtspecError):
+            sys.stderr.write(f"promot_hf: {exc}\n")
+        else:
+            previous(exc_type, exc, tb)
+
+    hook.fmtspec_hook = True
+    return hook
+
+
+if not getattr(sys.excepthook, "fmtspec_hook", False):
+    sys.excepthook = _one_line_errors(sys.excepthook)

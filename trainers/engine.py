@@ -1,0 +1,628 @@
+"""The training engine: DeepSpeed set-up, the loop of one stage, validation, and atomic checkpoints.
+
+The same code runs on a GPU cluster and on a CPU: DeepSpeed's engine in every case (bf16 on GPUs,
+since T5 diverges in fp16; fp32 on CPU), the ZeRO stage from `engine.deepspeed`.
+
+Adafactor under ZeRO >= 1: ZeRO hands the optimizer flat 1-D partitions instead of the weight matrices,
+so Adafactor cannot factor its second moments and silently becomes a different (unfactored, more
+memory-hungry) optimizer. We keep the run going but warn, and record it in the manifest; use ZeRO 0
+(data parallel) for the paper's optimizer, or `optimizer: adamw` with ZeRO >= 1.
+
+Several processes (`deepspeed`, `torchrun`, srun; see scripts/): every process draws the same global batches
+and trains on its own slice, so N processes train exactly what one process does with the same global batch
+(up to float summation order and per-process dropout draws). Validation batches are shared out and the
+predictions gathered (under ZeRO-3 every process generates every batch in lockstep: its forward hooks are
+collective). Rank 0 alone writes the run folder; the others wait at barriers.
+
+Exact resume: a checkpoint holds the trained weights (safetensors), the sampler position, every process's
+RNG state, and the optimizer and scheduler state in safetensors: `optimizer.safetensors` for a plain
+optimizer, or one `optimizer-rank{r}.safetensors` per process for DeepSpeed's wrappers (ZeRO 1-3, bf16: each
+process's fp32 master partition and moments). We do not use DeepSpeed's save_checkpoint: its files are pickles.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fmtspec.errors import FmtspecError
+from trainers import run as rf
+from trainers.data import collate
+
+DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
+# Used when configs/ is not beside the package (a wheel install): the same as configs/deepspeed/zeroN.json.
+BUILTIN_ZERO = {f"zero{n}": {"zero_optimization": {"stage": n}} for n in range(4)}
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+# One process per accelerator (launched by `deepspeed`, `torchrun` or srun); every process runs the same code.
+# Rank 0 alone writes the run folder (checkpoints, metrics, manifest); the others wait at barriers.
+def init_distributed() -> None:
+    """The process group (gloo on CPU, NCCL on GPUs), from the launcher's RANK/WORLD_SIZE/MASTER_* variables."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if torch.cuda.is_available():  # NCCL collectives before deepspeed.initialize need the process's own GPU
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(verbose=False)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    return _dist().get_rank() if _dist() else 0
+
+
+def world_size() -> int:
+    return _dist().get_world_size() if _dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        _dist().barrier()
+
+
+def all_gather(obj) -> list:
+    """Every process's `obj` (picklable), in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    _dist().all_gather_object(out, obj)
+    return out
+
+
+def all_sum(values: list[float]) -> list[float]:
+    if world_size() == 1:
+        return list(values)
+    from deepspeed.accelerator import get_accelerator
+
+    t = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
+    _dist().all_reduce(t)
+    return t.tolist()
+
+
+def rng_state() -> dict:
+    """This process's random state (dropout): CPU, and the current GPU's when there is one."""
+    state = {"cpu": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+@contextmanager
+def single_process_env():
+    """Without a launcher, give torch.distributed the variables a launcher would set (a free port), for the
+    duration of the run only: a later subprocess (say lm_eval) must not inherit a port that is in use."""
+    if "RANK" in os.environ and "MASTER_PORT" in os.environ:
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    added = {k: v for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                                "MASTER_PORT": str(port)}.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def deepspeed_config(config: dict, world_size: int = 1) -> dict:
+    name = config["engine"]["deepspeed"]
+    if name in BUILTIN_ZERO:
+        path = DEEPSPEED_DIR / f"{name}.json"
+        ds = json.loads(path.read_text()) if path.is_file() else json.loads(json.dumps(BUILTIN_ZERO[name]))
+    else:
+        path = Path(name)
+        if not path.is_file():
+            raise FmtspecError(f"engine.deepspeed is {name!r}: neither zero0..zero3 nor a DeepSpeed JSON file")
+        try:
+            ds = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise FmtspecError(f"{path} is not valid JSON: {exc}") from None
+    micro = config["micro_batch_size"] or config["batch_size"]
+    if config["batch_size"] % (micro * world_size):
+        raise FmtspecError(f"batch_size {config['batch_size']} is not divisible by micro_batch_size x processes "
+                           f"({micro} x {world_size})")
+    precision = config["engine"]["precision"]
+    bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_available())
+    ds.update({
+        "train_batch_size": config["batch_size"],
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": config["batch_size"] // (micro * world_size),
+        "zero_allow_untested_optimizer": True,  # Adafactor is a client optimizer DeepSpeed has not vetted
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},  # T5 overflows in fp16
+        "steps_per_print": 10**9,
+    })
+    if config["gradient_clipping"]:
+        ds["gradient_clipping"] = config["gradient_clipping"]
+    else:  # DeepSpeed clips at norm 1.0 unless told otherwise; `gradient_clipping: null` means no clipping
+        ds.setdefault("gradient_clipping", 0.0)
+    return ds
+
+
+def make_optimizer(params, config: dict, lr: float):
+    if config["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config["weight_decay"])
+    from transformers.optimization import Adafactor
+
+    # The paper's (T5X) Adafactor: a fixed learning rate, no relative step, no parameter scaling.
+    return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
+                     weight_decay=config["weight_decay"])
+
+
+def make_scheduler(optimizer, config: dict, total_steps: int):
+    warmup = config["warmup_steps"]
+
+    def factor(step):
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config["lr_scheduler"] == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# What a DeepSpeed optimizer wrapper's state_dict() (ZeRO stage 1-3, or bf16 mixed precision) holds of this
+# process: moments, fp32 master weights (its partition), paddings, loss-scale counters. The rest (loss scaler
+# object, version, parameter mappings) is rebuilt by the live wrapper on resume.
+ZERO_STATE_KEYS = ("base_optimizer_state", "single_partition_of_fp32_groups", "optimizer_state_dict",
+                   "fp32_flat_groups", "fp32_groups", "fp32_groups_flat", "group_paddings",
+                   "param_alignment_paddings", "partition_count", "clip_grad", "cur_scale", "cur_iter",
+                   "last_overflow_iter", "scale_factor", "scale_window")
+
+
+@dataclass
+class Stage:
+    number: int  # 1 or 2
+    trains: tuple[str, ...]  # of "model", "prompt", "lora"
+    steps: int
+    lr: float
+    eval_every: int
+
+
+@dataclass
+class Evaluation:
+    step: int
+    metrics: dict  # val_* -> value
+    task_scores: dict  # task -> primary metric on 0-100
+    score: float  # mean of task_scores
+
+
+@dataclass
+class StageResult:
+    evaluations: list[Evaluation] = field(default_factory=list)
+    chosen: dict = field(default_factory=dict)  # {"step", "metric", "value"} (+ per task for prompt stages)
+
+
+class Trainer:
+    """Everything one run trains: the prompted model, its data, its run folder. Stages call `train_stage`."""
+
+    def __init__(self, *, config, run_dir, module, tokenizer, tasks, features, encoder, val_examples,
+                 sampler, lora: bool, base_model: str, start_digest: str):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.module, self.tokenizer = module, tokenizer
+        self.tasks = tasks  # [{"name", "weight"}]
+        self.features = features  # per task: callable index -> Feature
+        self.encoder = encoder
+        self.val_examples = val_examples  # per task: list[Example]
+        self.sampler = sampler
+        self.lora = lora
+        self.base_model = base_model  # what the run started from (a parent's model/ for a sequential run)
+        self.start_digest = start_digest  # of the weights it started from
+        self.step = 0  # optimizer steps over all stages: checkpoint names use it
+        self.notes: list[str] = []
+        self.stages_done: list[dict] = []  # results of finished stages (stored in checkpoints for --resume)
+        self.metrics_path = self.run_dir / rf.METRICS
+        self.zero3 = False  # ZeRO-3 partitions every parameter: gather them to read or write whole weights
+
+    def gathered(self, modify: bool = False):
+        """Whole parameters inside the block (a no-op below ZeRO-3); `modify`: writes are re-partitioned."""
+        if not self.zero3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=0 if modify else None)
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def set_trainable(self, trains) -> list:
+        named = list(self.module.named_parameters())
+        for name, p in named:
+            is_prompt = name.startswith("prompts.")
+            is_lora = "lora_" in name
+            p.requires_grad = (("prompt" in trains and is_prompt) or ("lora" in trains and is_lora)
+                               or ("model" in trains and not is_prompt and not is_lora))
+        return [p for _, p in named if p.requires_grad]
+
+    def model_state(self) -> dict:
+        """The model's own weights, LoRA layers left out (not merged), under their save_pretrained names."""
+        state = self.module.model.state_dict()
+        if not self.lora:
+            return state
+        return {name.replace(".base_layer.", "."): t for name, t in state.items() if "lora_" not in name}
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def train_stage(self, stage: Stage, resume_state: dict | None = None) -> StageResult:
+        import deepspeed
+        from tqdm.auto import tqdm
+
+        config = self.config
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        params = self.set_trainable(stage.trains)
+        if not params:
+            raise FmtspecError(f"stage {stage.number} has nothing to train ({', '.join(stage.trains)})")
+        optimizer = make_optimizer(params, config, stage.lr)
+        scheduler = make_scheduler(optimizer, config, stage.steps)
+        ds_config = deepspeed_config(config, world_size())
+        zero = ds_config.get("zero_optimization", {}).get("stage", 0)
+        if zero >= 1 and config["optimizer"] == "adafactor":
+            note = (f"ZeRO stage {zero} gives Adafactor flat partitions: its second moments are not factored "
+                    "(a different optimizer than the paper's); use zero0 or optimizer: adamw")
+            if note not in self.notes:
+                warnings.warn(note, stacklevel=1)
+                self.notes.append(note)
+        engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+        self.client_optimizer = optimizer  # engine.optimizer is it, or a ZeRO/bf16 wrapper around it
+        if engine.optimizer is optimizer and world_size() == 1:
+            engine.enable_backward_allreduce = False  # a plain optimizer in one process: nothing to average
+        self.zero3 = engine.zero_optimization_stage() == 3
+        gas = engine.gradient_accumulation_steps()
+        micro = engine.train_micro_batch_size_per_gpu()
+        rank, world = engine.global_rank, engine.world_size
+        result = StageResult()
+        first = 1
+        if resume_state is not None:
+            first = self._restore(engine, resume_state, result) + 1
+        start_step = self.step - (first - 1)  # global step before this stage's first step
+        bar = tqdm(total=stage.steps, initial=first - 1, desc=f"stage {stage.number} ({'+'.join(stage.trains)})",
+                   dynamic_ncols=True, disable=not is_main())
+        for local in range(first, stage.steps + 1):
+            tick, losses, tokens = time.perf_counter(), [], 0
+            engine.train()
+            for _ in range(gas):
+                # every process draws the same global micro-batches and keeps its own slice
+                drawn = [self._next_feature() for _ in range(micro * world)]
+                batch = collate(drawn[rank * micro:(rank + 1) * micro], self.tokenizer.pad_token_id,
+                                self.module.encoder_decoder)
+                tokens += int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum())
+                batch = {k: v.to(engine.device) for k, v in batch.items()}
+                loss = engine(**batch)
+                if all_sum([float(not torch.isfinite(loss))])[0]:  # every process stops, not only the one that saw it
+                    bar.close()
+                    last = rf.checkpoint_steps(self.run_dir)
+                    kept = f"the last good checkpoint is checkpoints/step-{last[-1]}" if last else "no checkpoint yet"
+                    raise FmtspecError(f"loss is {'nan' if torch.isfinite(loss) else loss.item()} at step {start_step + local} "
+                                       f"(stage {stage.number}); stopped, {kept}")
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+            self.step = start_step + local
+            # the step's loss over the whole global batch (mean of every process's micro-batches)
+            loss_sum, count, tokens = all_sum([sum(losses), len(losses), tokens])
+            elapsed = time.perf_counter() - tick
+            lr = engine.get_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / count:.4f}", lr=f"{lr:.3g}")
+            if local % config["log_every"] == 0 or local == stage.steps:
+                self.log({"step": self.step, "stage": stage.number, "loss": loss_sum / count, "lr": lr,
+                          "tokens_per_s": tokens / max(elapsed, 1e-9)})
+            if (stage.eval_every and local % stage.eval_every == 0) or local == stage.steps:
+                evaluation = self.evaluate()
+                result.evaluations.append(evaluation)
+                self.log({"step": self.step, "stage": stage.number, **evaluation.metrics})
+                self.save_checkpoint(stage, local, engine, result)
+        bar.close()
+        self.choose(stage, result)
+        return result
+
+    def _next_feature(self):
+        task, index = self.sampler.next()
+        return self.features[task](index)
+
+    def log(self, record: dict) -> None:
+        if not is_main():
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- validation ------------------------------------------------------------------------------------
+    def evaluate(self) -> Evaluation:
+        with self.gathered(), torch.no_grad():
+            return self._evaluate()
+
+    def _evaluate(self) -> Evaluation:
+        from harness_tasks import catalog, examples
+
+        module = self.module
+        was_training = module.training
+        module.eval()
+        device = next(module.parameters()).device
+        metrics, task_scores = {}, {}
+        self.last_predictions = []  # written beside the checkpoint: what the model answered
+        single = len(self.tasks) == 1
+        for t, task in enumerate(self.tasks):
+            exs = self.val_examples[t]
+            bs = self.config["eval"]["batch_size"]
+            # each process generates every world_size-th batch (the same batches as one process would);
+            # every process then has all predictions, in order. ZeRO-3's forward hooks are collective, so
+            # there every process generates every batch in lockstep (same weights, same greedy lengths).
+            starts = list(range(0, len(exs), bs))
+            shards, me = (1, 0) if self.zero3 else (world_size(), rank())
+            mine = {i: self._generate([e.context for e in exs[i: i + bs]], t, device) for i in starts[me::shards]}
+            done = {i: p for part in (all_gather(mine) if shards > 1 else [mine]) for i, p in part.items()}
+            predictions = [p for i in starts for p in done[i]]
+            scores = examples.score(task["name"], predictions, [e.doc for e in exs])
+            self.last_predictions += [{"task": task["name"], "doc": i, "prediction": p}
+                                      for i, p in enumerate(predictions)]
+            primary = examples.primary_metric(task["name"])
+            info, _ = catalog.parse_task_name(task["name"])
+            task_scores[task["name"]] = float(scores[primary]) * info.scale
+            for name, value in scores.items():
+                metrics[f"val_{name}" if single else f"val_{task['name']}_{name}"] = float(value)
+        score = sum(task_scores.values()) / len(task_scores)
+        metrics["val_score"] = score
+        module.train(was_training)
+        return Evaluation(self.step, metrics, task_scores, score)
+
+    def _generate(self, contexts: list[str], task: int, device) -> list[str]:
+        ids = [self.encoder.input_ids(c) for c in contexts]
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(ids):  # causal: left padding, so that generation continues the text
+            sl = slice(0, len(row)) if self.module.encoder_decoder else slice(width - len(row), width)
+            input_ids[i, sl], mask[i, sl] = torch.tensor(row), 1
+        out = self.module.generate(input_ids.to(device), mask.to(device),
+                                   torch.full((len(ids),), task, dtype=torch.long, device=device),
+                                   max_new_tokens=self.config["eval"]["max_new_tokens"],
+                                   num_beams=self.config["eval"]["num_beams"],
+                                   pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id)
+        drop = {pad, self.tokenizer.eos_token_id}
+        texts = []
+        for row in out.tolist():
+            kept = []
+            for token in row:
+                if token == self.tokenizer.eos_token_id:
+                    break
+                if token not in drop:
+                    kept.append(token)
+            texts.append(self.tokenizer.decode(kept, skip_special_tokens=not self.encoder.sentinel))
+        return texts
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save_outputs(self, folder: Path, *, model: bool) -> None:
+        """The trained pieces in run-folder layout: model/ (if asked) and every prompt (or LoRA adapter).
+        Every process calls it (ZeRO-3 gathers collectively); rank 0 writes."""
+        with self.gathered():
+            if is_main():
+                self._save_outputs(folder, model=model)
+
+    def _save_outputs(self, folder: Path, *, model: bool) -> None:
+        from model_adapters.soft_prompt import save_soft_prompt
+
+        base = self.base_model
+        if model:
+            self.module.model.save_pretrained(folder / "model", state_dict=self.model_state())
+            self.tokenizer.save_pretrained(folder / "model")
+        n = len(self.tasks)
+        mconf = self.module.model.config
+        for t, task in enumerate(self.tasks):
+            target = folder / rf.prompt_folder(task["name"], n, self.lora)
+            if self.lora:
+                save_lora(target, self.module.model, base_model=base)
+            elif self.module.has_prompts:
+                save_soft_prompt(target, self.module.prompts[t].detach(), base_model=base,
+                                 encoder_decoder=self.module.encoder_decoder,
+                                 num_layers=getattr(mconf, "num_layers", None) or getattr(mconf, "num_hidden_layers", None),
+                                 num_attention_heads=getattr(mconf, "num_heads", None)
+                                 or getattr(mconf, "num_attention_heads", None))
+
+    def save_checkpoint(self, stage: Stage, local: int, engine, result: StageResult) -> None:
+        """Every process calls it; rank 0 writes the folder (atomically), then all wait for it.
+
+        Optimizer state: a plain (ZeRO 0, fp32) optimizer is the same in every process and rank 0 saves it;
+        a ZeRO (or bf16) optimizer holds one partition of the fp32 master weights and moments per process, and
+        each process writes its own `optimizer-rank{r}.safetensors` (resume then needs the same process count)."""
+        rngs = all_gather(rng_state())
+        staging = None
+        if engine.optimizer is not self.client_optimizer:
+            final = rf.checkpoint_dir(self.run_dir, self.step)
+            staging = final.parent / f".tmp-{final.name}-optimizer"
+            staging.mkdir(parents=True, exist_ok=True)
+            saved = engine.optimizer.state_dict()
+            rf.save_nested(staging / rf.optimizer_rank_file(rank()),
+                           {"optimizer": {k: v for k, v in saved.items() if k in ZERO_STATE_KEYS},
+                            "scheduler": engine.lr_scheduler.state_dict()})
+            barrier()
+        with self.gathered():
+            if is_main():
+                self._write_checkpoint(stage, local, engine, result, rngs, staging)
+        barrier()
+
+    def _write_checkpoint(self, stage: Stage, local: int, engine, result: StageResult, rngs: list,
+                          staging: Path | None) -> None:
+        final = rf.checkpoint_dir(self.run_dir, self.step)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with rf.atomic_folder(final) as tmp:
+            self._save_outputs(tmp, model="model" in stage.trains)
+            if staging is None:
+                rf.save_nested(tmp / rf.OPTIMIZER_FILE, {"optimizer": engine.optimizer.state_dict(),
+                                                         "scheduler": engine.lr_scheduler.state_dict()})
+            else:
+                for f in staging.iterdir():
+                    os.replace(f, tmp / f.name)
+                staging.rmdir()
+            state = {"step": self.step, "stage": stage.number, "stage_step": local, "trains": list(stage.trains),
+                     "sampler": self.sampler.state_dict(), "torch_rng": rngs[0]["cpu"], "world_size": len(rngs),
+                     "rng": rngs, "optimizer_saved": True,
+                     "optimizer_partitions": 0 if staging is None else len(rngs), "stages_done": self.stages_done,
+                     "evaluations": [e.__dict__ for e in result.evaluations]}
+            (tmp / rf.TRAINER_STATE).write_text(json.dumps(state))
+            (tmp / rf.PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in self.last_predictions))
+        self._prune(result)
+
+    def _prune(self, result: StageResult) -> None:
+        """Keep the newest `keep_checkpoints`, the best of this stage and the chosen ones of finished stages."""
+        keep = self.config["keep_checkpoints"]
+        if keep is None:
+            return
+        protected = {self.step}
+        if result.evaluations:
+            protected.add(max(result.evaluations, key=lambda e: e.score).step)
+        for done in self.stages_done:
+            protected.add(done["chosen"]["step"])
+            protected.update(t["step"] for t in done["chosen"].get("per_task", {}).values())
+        steps = rf.checkpoint_steps(self.run_dir)
+        for step in steps[:-keep] if keep else steps:
+            if step not in protected:
+                shutil.rmtree(rf.checkpoint_dir(self.run_dir, step), ignore_errors=True)
+
+    def _restore(self, engine, state: dict, result: StageResult) -> int:
+        """Load the optimizer, scheduler, data position and RNG of a checkpoint; return its stage step."""
+        folder = rf.checkpoint_dir(self.run_dir, state["step"])
+        partitions = state.get("optimizer_partitions", 0)
+        partitioned = engine.optimizer is not self.client_optimizer
+        if state.get("optimizer_saved") and (partitions > 0) != partitioned:
+            raise FmtspecError(f"--resume: checkpoint step-{state['step']} holds a "
+                               f"{'partitioned' if partitions else 'plain'} optimizer state but this run's is "
+                               f"{'partitioned' if partitioned else 'plain'}: resume with the same "
+                               "engine.deepspeed and precision")
+        if state.get("optimizer_saved") and partitions:
+            if partitions != world_size():
+                raise FmtspecError(f"--resume: checkpoint step-{state['step']} holds the optimizer in {partitions} "
+                                   f"ZeRO partitions; resume with {partitions} processes (this run has {world_size()})")
+            saved = rf.load_nested(folder / rf.optimizer_rank_file(rank()))
+            merged = engine.optimizer.state_dict()  # live bookkeeping (loss scaler, version, mappings) ...
+            merged.update(saved["optimizer"])  # ... with the saved moments and fp32 master partition
+            if "state_dict_list" in inspect.signature(engine.optimizer.load_state_dict).parameters:  # ZeRO, bf16
+                engine.optimizer.load_state_dict([merged] * world_size(), load_optimizer_states=True,
+                                                 load_from_fp32_weights=True)
+            else:  # DeepSpeed's FP16_Optimizer family (bf16 at ZeRO 0 on some versions): one dict, fp32 copies
+                engine.optimizer.load_state_dict(merged, load_optimizer_states=True)
+            engine.lr_scheduler.load_state_dict(saved["scheduler"])
+        elif state.get("optimizer_saved"):
+            saved = rf.load_nested(folder / rf.OPTIMIZER_FILE)
+            engine.optimizer.load_state_dict(saved["optimizer"])
+            engine.lr_scheduler.load_state_dict(saved["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        if state.get("world_size", 1) == world_size() and "rng" in state:
+            set_rng_state(state["rng"][rank()])
+        else:  # another number of processes: dropout draws cannot continue exactly
+            torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+            note = (f"resumed with {world_size()} processes from a checkpoint of {state.get('world_size', 1)}: "
+                    "same data order and weights, other dropout draws")
+            if note not in self.notes:
+                self.notes.append(note)
+        result.evaluations = [Evaluation(**e) for e in state["evaluations"]]
+        self.step = state["step"]
+        return state["stage_step"]
+
+    def load_trained(self, folder: Path, trains, tasks: list[int] | None = None) -> None:
+        """Put the trained pieces of a checkpoint folder back into the module."""
+        from model_adapters.soft_prompt import load_soft_prompt
+        from safetensors.torch import load_file
+
+        n = len(self.tasks)
+        with self.gathered(modify=True), torch.no_grad():
+            if "model" in trains and (folder / "model").is_dir():
+                state = {}
+                for f in sorted((folder / "model").glob("*.safetensors")):
+                    state.update(load_file(str(f)))
+                if self.lora:  # saved without LoRA layers: map back onto the wrapped base layers
+                    current = [k for k in self.module.model.state_dict() if "lora_" not in k]
+                    state = {k: state[k.replace(".base_layer.", ".")] for k in current
+                             if k.replace(".base_layer.", ".") in state}
+                self.module.model.load_state_dict(state, strict=False)
+            if "prompt" in trains and self.module.has_prompts:
+                for t in tasks if tasks is not None else range(n):
+                    prompt = load_soft_prompt(folder / rf.prompt_folder(self.tasks[t]["name"], n))
+                    self.module.prompts[t].copy_(prompt.embeddings.to(self.module.prompts[t]))
+            if ("lora" in trains or "prompt" in trains) and self.lora:
+                from peft import set_peft_model_state_dict
+
+                adapter = folder / rf.prompt_folder(self.tasks[0]["name"], n, True) / "adapter_model.safetensors"
+                saved = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(adapter)).items()}
+                set_peft_model_state_dict(self.module.model, saved)
+
+    def choose(self, stage: Stage, result: StageResult) -> None:
+        """Keep the best checkpoint of the stage (the target task's validation metric; for a multi-task
+        prompt stage, each task's prompt from its own best checkpoint) and load it into the module."""
+        evals = result.evaluations
+        best = max(evals, key=lambda e: e.score)  # first of equals: the earliest
+        metric = "val_score"
+        if len(self.tasks) == 1:
+            metric = f"val_{self._primary(self.tasks[0]['name'])}"
+        result.chosen = {"step": best.step, "metric": metric, "value": best.metrics.get(metric, best.score)}
+        if stage.trains == ("prompt",) and len(self.tasks) > 1:
+            per_task = {}
+            for t, task in enumerate(self.tasks):
+                e = max(evals, key=lambda ev: ev.task_scores[task["name"]])
+                per_task[task["name"]] = {"step": e.step, "metric": f"val_{task['name']}_{self._primary(task['name'])}",
+                                          "value": e.metrics[f"val_{task['name']}_{self._primary(task['name'])}"]}
+                if e.step != self.step:
+                    self.load_trained(rf.checkpoint_dir(self.run_dir, e.step), ("prompt",), [t])
+            result.chosen["per_task"] = per_task
+        elif best.step != self.step:
+            self.load_trained(rf.checkpoint_dir(self.run_dir, best.step), stage.trains)
+
+    @staticmethod
+    def _primary(task: str) -> str:
+        from harness_tasks.examples import primary_metric
+
+        return primary_metric(task)
+
+
+PEFT_PREFIX = "base_model.model."
+
+
+def save_lora(folder: Path, model, *, base_model: str) -> None:
+    """The model's injected LoRA layers as a PEFT adapter folder (not merged into the weights)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = model.peft_config["default"]
+    config.base_model_name_or_path = base_model
+    config.inference_mode = True
+    config.save_pretrained(str(folder))
+    # PeftModel names its weights from its own root: base_model.model.<module path>
+    state = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"))
+
+
+def steps_for(section: dict, n_examples: int, batch_size: int) -> int:
+    if section["epochs"] is not None:
+        return max(1, math.ceil(section["epochs"] * n_examples / batch_size))
+    return section["steps"]

@@ -1,0 +1,144 @@
+"""`method: pretrain`: the miniature world's base model, trained from scratch on a mixture of its tasks.
+
+    method: pretrain
+    model: mini:bart            # a random BART (fmtspec.tiny_models.bart_config) on the world's word tokenizer
+    architecture: {d_model: 128, encoder_layers: 3, decoder_layers: 3, attention_heads: 4, ffn_dim: 512}
+    tasks: [fmtspec_mini_copy, ...]
+    shots: 1
+    shots_share: 0.25           # a quarter of the inputs get a demonstration of the same task
+
+The engine is the one of every method (one stage that trains the model, capped by model_training.steps);
+the run's model/ holds the weights and the tokenizer, so the run folder is a `base_model` / `init_from` of
+later runs and a `pretrained=` of `lm_eval --model promot_hf`.
+
+`cached_base(config)` trains it once per config: the run folder goes to `$FMTSPEC_CACHE/mini_base/<hash>`
+(default ~/.cache/fmtspec), the hash covering the config, the built architecture, the vocabulary and the
+bytes of the data it reads, so a second demo finds it and does not pretrain again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from fmtspec.errors import FmtspecError
+from trainers.config import SCRATCH_PREFIX, config_hash, is_scratch
+
+CACHE_SUBDIR = "mini_base"
+# config key -> BartConfig attribute(s) it sets
+ARCHITECTURE_KEYS = {
+    "d_model": ("d_model",),
+    "encoder_layers": ("encoder_layers",),
+    "decoder_layers": ("decoder_layers",),
+    "attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "max_positions": ("max_position_embeddings",),
+}
+
+
+def scratch_config(config: dict):
+    """The BartConfig of a `mini:bart` model: the world's size, with the config's `architecture` on top."""
+    from fmtspec.tiny_models import bart_config
+    from harness_tasks.mini_world import SPECIAL_TOKENS, vocabulary
+
+    vocab = vocabulary()
+    pad, eos, _, bos = (vocab.index(t) for t in SPECIAL_TOKENS)
+    mconf = bart_config(len(vocab), pad_id=pad, eos_id=eos, bos_id=bos)
+    for key, value in config["architecture"].items():
+        if value is not None:
+            for attr in ARCHITECTURE_KEYS[key]:
+                setattr(mconf, attr, value)
+    if mconf.d_model % mconf.encoder_attention_heads:
+        raise FmtspecError(f"architecture: d_model {mconf.d_model} is not a multiple of attention_heads "
+                           f"{mconf.encoder_attention_heads}")
+    longest = max(config["max_input_length"], config["max_target_length"])
+    if longest > mconf.max_position_embeddings:
+        raise FmtspecError(f"max_input_length/max_target_length {longest} exceed the model's "
+                           f"{mconf.max_position_embeddings} learned positions (architecture.max_positions)")
+    return mconf
+
+
+def build_scratch(config: dict):
+    """(model, tokenizer, encoder_decoder) for `model: mini:<kind>`: random weights drawn from the config's
+    seed, the config's dropout on every dropout knob."""
+    import torch
+    from transformers import BartForConditionalGeneration
+
+    from harness_tasks.mini_world import build_tokenizer
+
+    mconf = scratch_config(config)
+    if config["dropout"] is not None:
+        mconf.dropout = mconf.attention_dropout = mconf.activation_dropout = config["dropout"]
+    tokenizer = build_tokenizer()
+    torch.manual_seed(config["seed"])
+    model = BartForConditionalGeneration(mconf)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.decoder_start_token_id = mconf.decoder_start_token_id
+    return model, tokenizer, True
+
+
+def cache_key(config: dict) -> str:
+    """What decides the pretrained weights: the resolved config, the architecture it builds, the
+    vocabulary and the bytes of every data file the run reads (train and validation splits)."""
+    from harness_tasks import mini_world
+
+    if not is_scratch(config["model"]):
+        raise FmtspecError(f"a cached base is trained from scratch (model: {SCRATCH_PREFIX}bart), "
+                           f"not from {config['model']}")
+    h = hashlib.sha256()
+    h.update(json.dumps({"config": config_hash(config), "architecture": scratch_config(config).to_dict(),
+                         "vocabulary": mini_world.vocabulary()}, sort_keys=True, default=str).encode())
+    root = mini_world.data_dir()
+    for task in config["tasks"]:
+        key = task["name"].removeprefix("fmtspec_")
+        for split in sorted({config["data"]["split"], config["eval"]["split"], mini_world.FEWSHOT_SPLIT}):
+            path = root / key / f"{split}.jsonl"
+            if not path.is_file():
+                raise FmtspecError(f"miniature world data file not found: {path}")
+            h.update(f"{key}/{split}:".encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    from harness_tasks.mini_world import cache_dir
+
+    return cache_dir() / CACHE_SUBDIR
+
+
+def cached_base(config: dict, *, log=print) -> Path:
+    """The run folder of `config`'s pretraining: found in the cache, or trained into it (a private
+    temporary folder renamed into place when complete, so concurrent callers never see half a run)."""
+    from fmtspec.run_folder import is_run_folder
+    from trainers.recipes import train
+
+    if config["method"] != "pretrain":
+        raise FmtspecError(f"a cached base is a method: pretrain run, not {config['method']}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FmtspecError("a cached base is trained in one process; run it without a launcher")
+    folder = cache_root() / cache_key(config)
+    if is_run_folder(folder):
+        log(f"pretrained base (cached): {folder}")
+        return folder
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        log(f"pretraining the base into {folder}")
+        train(config, tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not is_run_folder(folder):  # not another process that finished first: a real error
+                raise
+    except OSError as exc:
+        raise FmtspecError(f"cannot write the pretrained base into {folder} ({exc.strerror or exc}); "
+                           "set $FMTSPEC_CACHE to a writable folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,257 @@
+"""Every fine-tuning method as a list of stages over one prompted model (the methods differ only in
+what each stage trains), and `train()`, which builds the run and writes its folder.
+
+    finetune       model                                      (standard fine-tuning)
+    prompt_tuning  prompt                                     (model frozen)
+    promot         1: prompt (or LoRA), best kept; 2: model with that prompt frozen and attached
+    joint          model + prompt together                    (ablation, Table 3)
+    random_prompt  model, with a fixed uniform random prompt  (ablation, Table 3)
+    pretrain       model, from scratch (`model: mini:bart`) or on, on a task mixture (trainers/pretrain.py)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fmtspec.errors import FmtspecError
+from trainers import run as rf
+from trainers.config import config_hash, is_scratch
+from trainers.engine import Stage, Trainer, barrier, init_distributed, is_main, single_process_env, steps_for
+
+PROMPT_METHODS = ("prompt_tuning", "promot", "joint", "random_prompt")
+
+
+def plan(config: dict, n_examples: int) -> list[Stage]:
+    """The stages of `config["method"]`, with steps resolved (epochs count the whole mixture)."""
+    method, batch = config["method"], config["batch_size"]
+    pt, mt = config["prompt_training"], config["model_training"]
+
+    def stage(number, trains, section, lr=None):
+        return Stage(number, trains, steps_for(section, n_examples, batch), lr or section["lr"],
+                     section["eval_every"])
+
+    if method in ("finetune", "random_prompt", "pretrain"):
+        return [stage(1, ("model",), mt)]
+    if method == "prompt_tuning":
+        return [stage(1, ("prompt",), pt)]
+    if method == "joint":
+        return [stage(1, ("model", "prompt"), mt)]
+    if config["stage1"] == "lora":
+        return [stage(1, ("lora",), pt, config["lora"]["lr"]), stage(2, ("model",), mt)]
+    return [stage(1, ("prompt",), pt), stage(2, ("model",), mt)]
+
+
+def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
+    """(model to load, parent RUN_DIR, chain of ancestors) for `init_from` (teach twice)."""
+    from fmtspec.run_folder import model_path, read_manifest
+
+    parent = config["init_from"]
+    if not parent:
+        return config["model"], None, []
+    parent = str(Path(parent).resolve())
+    manifest = read_manifest(parent)
+    return model_path(parent, manifest), parent, [*manifest.get("chain", []), parent]
+
+
+def load_model(path: str, dropout: float | None):
+    """Model and tokenizer, with the config's dropout on every dropout knob the architecture has."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        mconf = AutoConfig.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise FmtspecError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
+    if dropout is not None:
+        for knob in ("dropout_rate", "dropout", "attention_dropout", "hidden_dropout", "resid_pdrop",
+                     "embd_pdrop", "attn_pdrop"):
+            if isinstance(getattr(mconf, knob, None), float):
+                setattr(mconf, knob, dropout)
+    encoder_decoder = bool(getattr(mconf, "is_encoder_decoder", False))
+    cls = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
+    model = cls.from_pretrained(path, config=mconf, dtype="float32")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, encoder_decoder
+
+
+def training_examples(task: str, config: dict, t: int) -> list:
+    """The task's training examples; with `shots`, a `shots_share` of them (a fixed draw per example, by
+    seed and task) carry their demonstrations, the others are 0-shot."""
+    import torch
+
+    from trainers.data import render_examples
+
+    split, seed, limit = config["data"]["split"], config["seed"], config["data"]["limit"]
+    share = config["shots_share"] if config["shots"] else 0.0
+    shot = render_examples(task, split, shots=config["shots"], seed=seed, limit=limit) if share > 0 else None
+    if share == 1.0:
+        return shot
+    plain = render_examples(task, split, seed=seed, limit=limit)
+    if shot is None:
+        return plain
+    draws = torch.rand(len(plain), generator=torch.Generator().manual_seed(seed * 1000003 + t)).tolist()
+    return [s if u < share else p for s, p, u in zip(shot, plain, draws)]
+
+
+def build_trainer(config: dict, run_dir: Path, start_model: str):
+    import torch
+
+    from trainers.data import Encoder, MixtureSampler, render_examples, uses_sentinel
+    from trainers.soft_prompt_model import PromptedModel, init_prompt
+
+    torch.manual_seed(config["seed"])
+    if is_scratch(start_model):
+        from trainers.pretrain import build_scratch
+
+        model, tokenizer, encoder_decoder = build_scratch(config)
+    else:
+        model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"])
+    start_digest = rf.weights_digest(model.state_dict())
+    tasks = config["tasks"]
+    sentinel = uses_sentinel(config["sentinel"], tokenizer, encoder_decoder)
+    encoder = Encoder(tokenizer, encoder_decoder=encoder_decoder, sentinel=sentinel,
+                      max_input_length=config["max_input_length"], max_target_length=config["max_target_length"])
+
+    train_sets, val_sets = [], []
+    for t, task in enumerate(tasks):
+        train_sets.append(training_examples(task["name"], config, t))
+        val_sets.append(render_examples(task["name"], config["eval"]["split"], limit=config["eval"]["limit"]))
+
+    def lazy(t):
+        cache = {}
+
+        def feature(i):
+            if i not in cache:
+                ex = train_sets[t][i]
+                cache[i] = encoder.feature(ex.context, ex.target, t)
+            return cache[i]
+
+        return feature
+
+    lora = config["method"] == "promot" and config["stage1"] == "lora"
+    if lora:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lc = config["lora"]
+        model = inject_adapter_in_model(LoraConfig(r=lc["rank"], lora_alpha=lc["alpha"] or 2 * lc["rank"],
+                                                   lora_dropout=lc["dropout"], target_modules=lc["target_modules"],
+                                                   task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM"),
+                                        model)
+    prompts = None
+    if config["method"] in PROMPT_METHODS and not lora:
+        pc = config["prompt"]
+        init = "uniform" if config["method"] == "random_prompt" else pc["init"]
+        prompts = [init_prompt(model, tokenizer, length=pc["length"], init=init, init_range=pc["init_range"],
+                               init_text=pc["init_text"], vocab_top=pc["vocab_top"], seed=config["seed"] + t)
+                   for t in range(len(tasks))]
+    module = PromptedModel(model, prompts, encoder_decoder=encoder_decoder,
+                           label_smoothing=config["label_smoothing"])
+    sampler = MixtureSampler([len(s) for s in train_sets], [t["weight"] for t in tasks], config["seed"])
+    trainer = Trainer(config=config, run_dir=run_dir, module=module, tokenizer=tokenizer, tasks=tasks,
+                      features=[lazy(t) for t in range(len(tasks))], encoder=encoder, val_examples=val_sets,
+                      sampler=sampler, lora=lora, base_model=start_model, start_digest=start_digest)
+    return trainer, sum(len(s) for s in train_sets)
+
+
+def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
+    """Train `config` into the run folder `output` and return it."""
+    run_dir = Path(output)
+    rf.check_output(run_dir, resume)
+    start_model, parent, chain = resolve_start(config)
+    saved_config = run_dir / rf.CONFIG_FILE
+    with single_process_env():
+        init_distributed()
+        # every process reads the folder before rank 0 changes it (a shared file system across nodes)
+        resume_from = None
+        if resume and saved_config.is_file():
+            if json.loads(saved_config.read_text()) != json.loads(json.dumps(config)):
+                raise FmtspecError(f"--resume: the config differs from the one {run_dir} was started with "
+                                   f"({saved_config})")
+            steps = rf.checkpoint_steps(run_dir)
+            if steps:
+                resume_from = json.loads((rf.checkpoint_dir(run_dir, steps[-1]) / rf.TRAINER_STATE).read_text())
+        barrier()
+        if is_main():
+            if resume:
+                rf.remove_partial_checkpoints(run_dir)
+            if resume_from is not None:
+                rf.truncate_metrics(run_dir, resume_from["step"])  # steps after it are trained again
+            run_dir.mkdir(parents=True, exist_ok=True)
+            rf.write_json_atomic(saved_config, config)
+        barrier()
+        _train(config, run_dir, start_model, parent, chain, resume_from)
+        barrier()
+    return run_dir
+
+
+def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
+    import torch
+
+    from trainers.engine import rank
+
+    trainer, n_examples = build_trainer(config, run_dir, start_model)
+    torch.manual_seed(config["seed"] + 104729 * rank())  # each process its own dropout draws
+    stages = plan(config, n_examples)
+    results = []
+    for stage in stages:
+        state = None
+        if resume_from is not None:
+            done = resume_from["stages_done"]
+            if stage.number <= len(done):  # finished before the interruption: reload what it chose
+                results.append(done[stage.number - 1])
+                continue
+            if resume_from["stage"] == stage.number:
+                trainer.load_trained(rf.checkpoint_dir(run_dir, resume_from["step"]),
+                                     ("model", "prompt"))
+                state = resume_from
+        trainer.stages_done = results
+        result = trainer.train_stage(stage, state)
+        results.append({"stage": stage.number, "trains": list(stage.trains), "steps": stage.steps,
+                        "lr": stage.lr, "chosen": result.chosen})
+        trainer.stages_done = results
+    finish(trainer, config, run_dir, stages, results, start_model, parent, chain)
+
+
+def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start_model, parent, chain) -> None:
+    """Write the chosen model/prompts into the run folder, then run.json last (it marks the run complete)."""
+    trains_model = any("model" in s.trains for s in stages)
+    n = len(config["tasks"])
+    if is_main():
+        for name in ("model", "soft_prompt", "prompts"):  # a resumed run may find an older copy
+            if (run_dir / name).exists():
+                import shutil
+
+                shutil.rmtree(run_dir / name)
+    trainer.save_outputs(run_dir, model=trains_model)  # collective under ZeRO-3; rank 0 writes
+    has_prompt = trainer.module.has_prompts or trainer.lora
+    prompts = {t["name"]: rf.prompt_folder(t["name"], n, trainer.lora) for t in config["tasks"]} if has_prompt else {}
+    with trainer.gathered():
+        final_digest = rf.weights_digest(trainer.model_state())
+    if not is_main():
+        return
+    rf.write_manifest(run_dir, rf.manifest(
+        method=config["method"],
+        base_model=start_model,
+        model="model" if trains_model else None,
+        prompts=prompts,
+        prompt_type="lora" if trainer.lora else ("soft_prompt" if has_prompt else None),
+        sentinel=trainer.encoder.sentinel,
+        encoder_decoder=trainer.module.encoder_decoder,
+        tasks=config["tasks"],
+        shots=config["shots"],
+        stage=stages[-1].number,
+        steps=trainer.step,
+        stages=results,
+        seed=config["seed"],
+        config=config,
+        config_hash=config_hash(config),
+        parent=parent,
+        chain=chain,
+        checkpoint=results[-1]["chosen"],
+        start_model_sha256=trainer.start_digest,
+        model_sha256=final_digest,
+        deepspeed=config["engine"]["deepspeed"],
+        notes=trainer.notes,
+    ))
