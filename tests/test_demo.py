@@ -31,7 +31,7 @@ def captured(monkeypatch):
 def test_demo_runs_the_tiny_experiment_offline(captured, tmp_path, capsys):
     from fmtspec.cli import main
     from fmtspec.experiment import PRETRAINED
-    from trainers.config import METHODS
+    from trainers.config import FINETUNE_METHODS
 
     assert main(["demo", "--output", str(tmp_path / "demo_out"), "--limit", "3"]) == 0
     exp = captured["exp"]
@@ -39,7 +39,7 @@ def test_demo_runs_the_tiny_experiment_offline(captured, tmp_path, capsys):
     assert exp.output == (tmp_path / "demo_out").resolve()
     assert exp.run_dir("promot") == exp.output / "runs" / "promot"
     assert exp.lm_eval["limit"] == 3
-    assert {r.method for r in exp.runs} == {PRETRAINED, *METHODS}  # a row for every method
+    assert {r.method for r in exp.runs} == {PRETRAINED, *FINETUNE_METHODS}  # a row for every method
     assert exp.base_model == "tiny:mt5" and {"fmtspec_suite", "fmtspec_targets"} <= set(exp.tasks)
     assert captured["env"] == {"FMTSPEC_DATA_DIR": str(REPO / "harness_tasks" / "fixtures"), "HF_HUB_OFFLINE": "1",
                                "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

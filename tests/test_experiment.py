@@ -94,7 +94,7 @@ def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
 def test_shipped_experiments_are_valid(tmp_path):
     """experiments/*.yaml (the papers' tables, for GPUs, and the demo) load with every run's config checked."""
     from fmtspec.experiment import PRETRAINED, load_experiment
-    from trainers.config import METHODS
+    from trainers.config import FINETUNE_METHODS
 
     files = sorted((REPO / "experiments").glob("*.yaml"))
     assert len(files) >= 5
@@ -105,10 +105,10 @@ def test_shipped_experiments_are_valid(tmp_path):
             if run.init_from:  # chains start from the parent's run folder in this experiment
                 assert run.raw_config["init_from"] == str(exp.run_dir(run.init_from))
     demo = load_experiment(REPO / "experiments" / "demo_tiny.yaml", tmp_path / "demo")
-    assert {r.method for r in demo.runs} == {PRETRAINED, *METHODS}  # the demo trains every method
+    assert {r.method for r in demo.runs} == {PRETRAINED, *FINETUNE_METHODS}  # the demo trains every method
     rte = load_experiment(REPO / "experiments" / "promot_rte_mt5_xxl.yaml", tmp_path / "rte")
     assert rte.base_model == "google/mt5-xxl"
-    assert {r.method for r in rte.runs} == {PRETRAINED, *METHODS}
+    assert {r.method for r in rte.runs} == {PRETRAINED, *FINETUNE_METHODS}
 
 
 def test_chain_and_overrides_are_merged(tmp_path):

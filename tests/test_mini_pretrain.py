@@ -135,6 +135,13 @@ def test_cached_base_trains_once_per_config_hash(world, monkeypatch, capsys):
     from trainers import cli
     from trainers.pretrain import cache_key, cached_base
 
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    abandoned = world / "cache" / "mini_base" / f".tmp-{cache_key(config())}-{socket.gethostname()}-{dead.pid}"
+    abandoned.mkdir(parents=True)  # what a killed pretraining leaves
     first = cached_base(config())
     assert first.parent == world / "cache" / "mini_base" and manifest(first)["method"] == "pretrain"
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]
@@ -210,3 +217,34 @@ def test_prompt_init_on_bart_takes_the_scaled_token_embeddings_as_peft(init, tmp
                                                       tokenizer_name_or_path=str(folder)), module)
             # PEFT tokenizes with the special tokens (a trailing </s>); the text's tokens come first
             assert torch.equal(prompt, peft.embedding.weight[: len(ids)])
+
+
+@pytest.mark.slow
+def test_lm_eval_promot_hf_scores_the_pretrained_run(pretrained, world, tmp_path):
+    """The run folder is a `pretrained=` of the stock lm_eval command: it loads the base with its tokenizer and
+    generates what the plain HF model generates on the scored docs."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out = tmp_path / "eval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", "promot_hf", "--model_args",
+                           f"pretrained={pretrained}", "--tasks", "fmtspec_mini_target", "--limit", "3",
+                           "--output_path", str(out), "--log_samples"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["fmtspec_mini_target"]
+    assert {"exact_match,none", "fmt_label_share,none"} <= results.keys()
+    model = AutoModelForSeq2SeqLM.from_pretrained(pretrained / "model").eval()
+    tok = AutoTokenizer.from_pretrained(pretrained / "model")
+    samples = [json.loads(line) for line in next(out.rglob("samples_*.jsonl")).read_text().splitlines()]
+    assert len(samples) == 3
+    for sample in samples:
+        with torch.no_grad():
+            ids = model.generate(**tok(sample["arguments"]["gen_args_0"]["arg_0"], return_tensors="pt"),
+                                 max_new_tokens=8, do_sample=False)
+        assert sample["resps"][0][0].strip() == tok.decode(ids[0], skip_special_tokens=True).strip()

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
@@ -124,11 +125,10 @@ def cached_base(config: dict, *, log=print) -> Path:
     if is_run_folder(folder):
         log(f"pretrained base (cached): {folder}")
         return folder
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    tmp = folder.parent / f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove_abandoned(folder)
         log(f"pretraining the base into {folder}")
         train(config, tmp)
         try:
@@ -142,3 +142,17 @@ def cached_base(config: dict, *, log=print) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Temporary folders that processes of this host left when killed (a live one is another caller's)."""
+    prefix = f".tmp-{folder.name}-{socket.gethostname()}-"
+    for tmp in folder.parent.glob(f"{prefix}*"):
+        try:
+            os.kill(int(tmp.name[len(prefix):]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
