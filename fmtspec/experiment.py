@@ -3,7 +3,9 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
 
     name: rte_mt5_xxl
     base_model: google/mt5-xxl         # every run starts from it, replacing its config's `model` (a run's
-                                       # `model:` wins); `tiny:mt5` builds a tiny offline model
+                                       # `model:` wins); `tiny:mt5` builds a tiny offline model;
+                                       # `pretrain:CONFIG.yaml` the model of that `method: pretrain` run,
+                                       # trained once into $FMTSPEC_CACHE (trainers.pretrain.cached_base)
     tasks: [fmtspec_rte, fmtspec_suite]  # what lm_eval scores for each run
     checkpoint_tasks: [fmtspec_suite_1shot]  # what it scores on each intermediate checkpoint (default: tasks)
     baseline: pretrained               # the label the leaderboard's deltas are taken against
@@ -14,6 +16,8 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
       - {label: finetune, config: configs/promot/mt5_xxl/rte/finetune.yaml, checkpoints: all}
       - {label: promot, method: promot, train: {prompt: {length: 100}}}
       - {label: twice, config: ..., init_from: finetune}     # a chain: starts from finetune's model
+      - {label: ft, method: finetune, seeds: [0, 1, 2]}     # runs ft_s0, ft_s1, ft_s2 (config key seed: N);
+                                       # an init_from naming seeded runs starts each seed from its own
     alignment: {runs: [finetune], steps: [0, final], layer: "decoder:-1", batches: 4, batch_size: 8}
     launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train
 
@@ -50,10 +54,11 @@ from fmtspec.errors import FmtspecError
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = "pretrained"  # the method of a run that is only scored
 TINY_PREFIX = "tiny:"  # base_model: tiny:<kind> builds fmtspec.tiny_models' model into the experiment folder
+PRETRAIN_PREFIX = "pretrain:"  # base_model: pretrain:<config> pretrains (once, cached) a base from scratch
 
 TOP_KEYS = ("name", "output", "base_model", "tasks", "checkpoint_tasks", "baseline", "lm_eval", "train", "runs",
             "alignment", "launcher")
-RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "checkpoints")
+RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "checkpoints", "seeds")
 LM_EVAL_KEYS = ("batch_size", "limit", "gen_kwargs", "device", "model_args")
 ALIGNMENT_KEYS = ("runs", "steps", "layer", "task", "batches", "batch_size", "seed")
 
@@ -169,12 +174,13 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         raise FmtspecError(f"{source}: 'train' must be a mapping of training config keys")
     if not isinstance(data["runs"], list):
         raise FmtspecError(f"{source}: 'runs' must be a list of {{label, method or config, ...}}")
+    base_model = _pretrain_base(base_model, source) if base_model else base_model
+
 
     runs: list[RunSpec] = []
     labels: list[str] = []
-    for i, item in enumerate(data["runs"]):
+    for i, item in _expand_seeds(data["runs"], source):
         where = f"runs[{i}]"
-        _check_keys(item, RUN_KEYS, where, source)
         label = item.get("label")
         if not label or not isinstance(label, str) or "/" in label or label.startswith("."):
             raise FmtspecError(f"{source}: {where} needs a 'label' (a folder name, no '/')")
@@ -186,7 +192,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         if checkpoints not in ("final", "all"):
             raise FmtspecError(f"{source}: {where}: checkpoints is {checkpoints!r}; choose final or all")
         method = item.get("method")
-        model = item.get("model") or base_model
+        model = _pretrain_base(item["model"], source) if item.get("model") else base_model
         if method == PRETRAINED:
             for key in ("config", "train", "init_from"):
                 if key in item:
@@ -243,6 +249,58 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
                                    f"{_closest(label, labels)}")
     return Experiment(name, source.resolve(), out, str(base_model) if base_model else "", tasks, checkpoint_tasks,
                       baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source))
+
+
+def _expand_seeds(items: list, source: Path):
+    """(index, run) of every run, a run with `seeds: [0, 1, 2]` as one run per seed: label `<label>_s<seed>`,
+    config key `seed` set; an `init_from` naming such a run starts each seed from its own seed's run."""
+    seeded: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"runs[{i}]"
+        _check_keys(item, RUN_KEYS, where, source)
+        if "seeds" not in item:
+            if item.get("init_from") in seeded:
+                raise FmtspecError(f"{source}: {where}: init_from '{item['init_from']}' has seeds; give this run "
+                                   "the same seeds, or name one seed's run (e.g. "
+                                   f"'{item['init_from']}_s0')")
+            yield i, item
+            continue
+        label, seeds = item.get("label"), item["seeds"]
+        if not label or not isinstance(label, str):
+            raise FmtspecError(f"{source}: {where} needs a 'label' (a folder name, no '/')")
+        if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise FmtspecError(f"{source}: {where}: seeds must be a list of distinct integers >= 0, e.g. [0, 1, 2]")
+        if item.get("method") == PRETRAINED:
+            raise FmtspecError(f"{source}: {where}: a pretrained run is only scored; remove 'seeds'")
+        if not isinstance(item.get("train", {}), dict):
+            raise FmtspecError(f"{source}: {where}: 'train' must be a mapping of training config keys")
+        seeded.add(label)
+        for seed in seeds:
+            run = {k: v for k, v in item.items() if k != "seeds"}
+            run["label"] = f"{label}_s{seed}"
+            run["train"] = {**(item.get("train") or {}), "seed": seed}
+            if item.get("init_from") in seeded:
+                run["init_from"] = f"{item['init_from']}_s{seed}"
+            yield i, run
+
+
+def _pretrain_base(model, source: Path):
+    """`pretrain:CONFIG.yaml` with the config found (as a run's `config:`) and checked as a pretraining run;
+    it is trained (or found in the cache) only when a run needs it (`resolve_model`)."""
+    from trainers.config import load_config
+
+    if not isinstance(model, str) or not model.startswith(PRETRAIN_PREFIX):
+        return model
+    path = _find_config(model[len(PRETRAIN_PREFIX):], source)
+    try:
+        config = load_config(path)
+    except FmtspecError as exc:
+        raise FmtspecError(f"{source}: {model}: {exc}") from None
+    if config["method"] != "pretrain":
+        raise FmtspecError(f"{source}: {model} is a method: {config['method']} config; a pretrained base needs "
+                           "method: pretrain")
+    return PRETRAIN_PREFIX + str(path)
 
 
 def _launcher(value, source: Path) -> list[str] | None:
@@ -314,7 +372,10 @@ def _error_line(tail: list[str]) -> str:
 
 
 def ensure_tiny_model(exp: Experiment, model: str | None) -> str | None:
-    """`tiny:<kind>` -> the folder of that tiny offline model, built into the experiment folder once."""
+    """`tiny:<kind>` -> the folder of that tiny offline model, built into the experiment folder once;
+    `pretrain:<config>` -> the model folder of that pretraining run, trained once into the cache."""
+    if model and model.startswith(PRETRAIN_PREFIX):
+        return pretrained_base(exp, model)
     if not model or not model.startswith(TINY_PREFIX):
         return model
     from fmtspec.tiny_models import KINDS, build_tiny_model
@@ -327,6 +388,22 @@ def ensure_tiny_model(exp: Experiment, model: str | None) -> str | None:
         say(f"building the tiny {kind} model in {folder}")
         build_tiny_model(kind, folder)
     return str(folder)
+
+
+def pretrained_base(exp: Experiment, model: str) -> str:
+    """The model folder of the `pretrain:<config>` base (trainers.pretrain.cached_base: keyed by the config
+    and the data, so the base is pretrained once for every run and every later experiment)."""
+    from fmtspec.run_folder import is_run_folder, model_path, read_manifest
+    from trainers.config import load_config
+    from trainers.pretrain import cache_key, cache_root, cached_base
+
+    config = load_config(Path(model[len(PRETRAIN_PREFIX):]))
+    cached = is_run_folder(cache_root() / cache_key(config))
+    start = time.time()
+    run_dir = cached_base(config, log=say)
+    if not cached:
+        record(exp, "pretrain", model, seconds=round(time.time() - start, 1), run=str(run_dir))
+    return model_path(run_dir, read_manifest(run_dir))
 
 
 def _first_difference(a, b, where: str = "") -> str:

@@ -12,7 +12,8 @@ default world (seed 0), generated once into a cache folder (`default_world()`).
 The rules (vocabulary, cipher, which words are animals) are fixed; the seed only draws the records.
 Records are drawn one after another per task, duplicates skipped; the first ones are the test split, then
 validation, then train: the splits are disjoint, and test/validation do not depend on the train size.
-Everything is space-separated words (punctuation too), so the word-level tokenizer is lossless.
+Everything is space-separated words (punctuation too), so the word-level tokenizer is lossless; the
+few-shot delimiter "\n\n" between a demonstration and the query is a token of its own.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ NEGATIVE = "awful rude cold slow dirty stale".split()
 TEMPLATE_WORDS = ("copy reverse sort translate article summary review question answer what does have has is "
                   "it good Is true or false True False yes no maybe the list sorted an animal : . ?").split()
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>")  # ids 0-3, as fmtspec.tiny_models.bart_config expects
+FEWSHOT_DELIMITER = "\n\n"  # lm-eval's fewshot_delimiter and stop string: a token, or the model cannot see it
 
 # A fixed word-for-word cipher: a derangement of WORDS (no word translates to itself).
 _cycle = random.Random("mini-world-cipher").sample(WORDS, len(WORDS))
@@ -60,8 +62,9 @@ NLI = "{premise} question : {hypothesis} Is it true or false ? answer :"  # the 
 
 
 def vocabulary() -> list[str]:
-    """Every token of the world: special tokens first, then each word once, in a fixed order."""
-    words = TEMPLATE_WORDS + NUMBERS + WORDS + PEOPLE + OBJECTS + POSITIVE + NEGATIVE
+    """Every token of the world: special tokens first, the few-shot delimiter, then each word once, in a
+    fixed order."""
+    words = [FEWSHOT_DELIMITER] + TEMPLATE_WORDS + NUMBERS + WORDS + PEOPLE + OBJECTS + POSITIVE + NEGATIVE
     if len(set(words)) != len(words):
         raise AssertionError("a word is listed twice in the miniature vocabulary")
     return list(SPECIAL_TOKENS) + words
@@ -319,14 +322,23 @@ def load_split(task: str, split: str) -> list[dict]:
 
 def build_tokenizer(model_max_length: int = 512):
     """The world's word-level tokenizer as an ordinary fast HF tokenizer: one token per word, split on
-    whitespace; the encoder input ends with </s> (as fmtspec's trainers and T5 do)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    whitespace; the encoder input ends with </s> (as fmtspec's trainers and T5 do). "\n\n" is an added
+    token, matched before the whitespace split, so a 1-shot context keeps its delimiter as one id; the
+    decoder joins words with spaces and the delimiter with none, so decode(encode(x)) == x."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
     vocab = {word: i for i, word in enumerate(vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_tokens([AddedToken(FEWSHOT_DELIMITER, normalized=False, special=False)])  # its id from `vocab`
+    tok.decoder = decoders.Sequence([  # "a b \n\n c" -> "a b\n\nc"
+        decoders.WordPiece(prefix="##", cleanup=False),  # a space before every token but the first
+        decoders.Fuse(),
+        decoders.Replace(f" {FEWSHOT_DELIMITER}", FEWSHOT_DELIMITER),
+        decoders.Replace(f"{FEWSHOT_DELIMITER} ", FEWSHOT_DELIMITER),
+    ])
     tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                             special_tokens=[("</s>", vocab["</s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model_max_length, pad_token="<pad>",

@@ -166,6 +166,122 @@ def test_launcher_trains_through_the_given_command(tmp_path, monkeypatch):
         load_experiment(write(tmp_path, BASE + "launcher: nowhere/train.sh --num_gpus 8\n", "bad.yaml"))
 
 
+def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
+    """experiments/mini.yaml: the base pretrained from scratch, each method (and the 1-shot variants) with 3
+    seeds, fine-tuning and ProMoT's stage 2 with the same lr, steps and batch, scored on the mini tasks."""
+    from collections import Counter
+
+    from fmtspec.experiment import PRETRAINED, load_experiment
+    from trainers.config import FINETUNE_METHODS, load_config
+
+    exp = load_experiment(REPO / "experiments" / "mini.yaml", tmp_path / "mini")
+    assert exp.base_model == f"pretrain:{REPO / 'configs' / 'mini' / 'pretrain.yaml'}"
+    assert set(exp.tasks) == {"fmtspec_mini", "fmtspec_mini_target"}
+    groups = Counter(r.label.rsplit("_s", 1)[0] for r in exp.runs)
+    assert groups == {"pretrained": 1, "prompt_tuning": 3, "finetune": 3, "promot": 3, "finetune_1shot": 3,
+                      "promot_1shot": 3, "joint": 3, "random_prompt": 3}
+    assert {r.method for r in exp.runs} == {PRETRAINED, *FINETUNE_METHODS}
+    configs = {r.label: load_config(None, raw={**r.raw_config, "model": "x"}) for r in exp.runs if r.raw_config}
+    assert {configs[f"promot_1shot_s{s}"]["shots"] for s in range(3)} == {1}
+    assert sorted(configs[f"finetune_s{s}"]["seed"] for s in range(3)) == [0, 1, 2]
+    shared = {(c["model_training"]["lr"], c["model_training"]["steps"], c["batch_size"])
+              for label, c in configs.items() if c["method"] in ("finetune", "promot")}
+    assert len(shared) == 1
+
+
+def test_seeds_expand_into_one_run_per_seed(tmp_path):
+    """`seeds: [0, 1]` is one run per seed (`<label>_s<seed>`, config key `seed`); a chain from seeded runs
+    starts each seed from its own seed's run."""
+    from fmtspec.experiment import load_experiment
+
+    path = write(tmp_path, BASE
+                 + "  - {label: pt, method: prompt_tuning, seeds: [0, 2], train: {tasks: [fmtspec_rte], seed: 9}}\n"
+                 + "  - {label: twice, method: finetune, seeds: [0, 2], init_from: pt, train: {tasks: [fmtspec_rte]}}\n")
+    exp = load_experiment(path, tmp_path / "out")
+    assert [r.label for r in exp.runs] == ["pretrained", "ft", "pt_s0", "pt_s2", "twice_s0", "twice_s2"]
+    assert [exp.run(f"pt_s{s}").raw_config["seed"] for s in (0, 2)] == [0, 2]  # the seed wins over `train`
+    assert exp.run("ft").raw_config.get("seed") is None
+    assert exp.run("twice_s2").init_from == "pt_s2"
+    assert exp.run("twice_s2").raw_config["init_from"] == str(tmp_path / "out" / "runs" / "pt_s2")
+
+
+@pytest.mark.parametrize("run, message", [
+    ("{label: b, method: finetune, seeds: 3}", "seeds must be a list of distinct integers"),
+    ("{label: b, method: finetune, seeds: [1, 1]}", "seeds must be a list of distinct integers"),
+    ("{label: b, method: pretrained, seeds: [0, 1]}", "a pretrained run is only scored; remove 'seeds'"),
+    ("{label: ft_s0, method: finetune}", "two runs have the label 'ft_s0'"),
+])
+def test_bad_seeds_fail_with_one_line(tmp_path, run, message):
+    from fmtspec.experiment import load_experiment
+
+    text = BASE.replace("{label: ft, method: finetune,", "{label: ft, method: finetune, seeds: [0],")
+    with pytest.raises(FmtspecError) as err:
+        load_experiment(write(tmp_path, text + f"  - {run}\n"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_chain_from_seeded_runs_needs_seeds(tmp_path):
+    from fmtspec.experiment import load_experiment
+
+    text = BASE.replace("{label: ft, method: finetune,", "{label: ft, method: finetune, seeds: [0, 1],")
+    with pytest.raises(FmtspecError, match="init_from 'ft' has seeds"):
+        load_experiment(write(tmp_path, text + "  - {label: b, method: finetune, init_from: ft}\n"))
+
+
+@pytest.mark.parametrize("base, message", [
+    ("pretrain:nowhere.yaml", "file not found: nowhere.yaml"),
+    ("pretrain:configs/tiny/finetune.yaml", "a pretrained base needs method: pretrain"),
+])
+def test_bad_pretrain_base_fails_with_one_line(tmp_path, base, message):
+    from fmtspec.experiment import load_experiment
+
+    with pytest.raises(FmtspecError) as err:
+        load_experiment(write(tmp_path, BASE.replace("some/model", base)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path, monkeypatch):
+    """`base_model: pretrain:CONFIG` resolves to the model folder of trainers.pretrain.cached_base(CONFIG):
+    pretrained on first use, found in the cache after; the pretrained run scores it and the trained runs
+    (one per seed) start from it."""
+    from fmtspec.experiment import ensure_tiny_model, load_experiment, train_run
+    from fmtspec.run_folder import read_manifest
+    from harness_tasks.mini_world import write_world
+    from trainers.config import load_config
+    from trainers.pretrain import cache_root, cached_base
+
+    write_world(tmp_path / "world", seed=0, sizes={"train": 40, "validation": 8, "test": 8})
+    monkeypatch.setenv("FMTSPEC_DATA_DIR", str(tmp_path / "world"))
+    monkeypatch.setenv("FMTSPEC_CACHE", str(tmp_path / "cache"))
+    path = write(tmp_path, """\
+        name: mini_small
+        base_model: pretrain:configs/mini/pretrain_tiny.yaml
+        tasks: [fmtspec_mini_target]
+        train:
+          tasks: [fmtspec_mini_target]
+          model_training: {steps: 2, eval_every: 0, lr: 1.0e-3}
+          batch_size: 4
+          max_input_length: 64
+          max_target_length: 8
+          data: {limit: 8}
+          eval: {limit: 2, max_new_tokens: 2, batch_size: 4}
+        runs:
+          - {label: pretrained, method: pretrained}
+          - {label: ft, method: finetune, seeds: [0, 1]}
+        """)
+    exp = load_experiment(path, tmp_path / "out")
+    assert not cache_root().exists()  # --check and loading never pretrain
+    model = ensure_tiny_model(exp, exp.run("pretrained").model)
+    assert [a["action"] for a in exp.log] == ["pretrain"]
+    base = cached_base(load_config(REPO / "configs" / "mini" / "pretrain_tiny.yaml"))
+    assert model == str(base / "model") and (base / "model" / "tokenizer.json").is_file()
+    for seed in (0, 1):
+        train_run(exp, exp.run(f"ft_s{seed}"))
+        manifest = read_manifest(exp.run_dir(f"ft_s{seed}"))
+        assert manifest["base_model"] == model and manifest["config"]["seed"] == seed
+    assert [a["action"] for a in exp.log] == ["pretrain", "train", "train"]  # pretrained once, then cached
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 
 

@@ -113,9 +113,32 @@ def test_tokenizer_is_lossless_on_every_record(world, tmp_path):
                 ids = tok(text).input_ids
                 assert ids[-1] == tok.eos_token_id and tok.unk_token_id not in ids, text
                 assert tok.decode(ids, skip_special_tokens=True) == text
-    # lm-eval's separators are whitespace: a 1-shot context tokenizes as its words
-    assert tok("copy : cat answer : cat\n\ncopy : dog answer :").input_ids == tok(
-        "copy : cat answer : cat copy : dog answer :").input_ids
+
+
+def test_fewshot_delimiter_is_its_own_token(tmp_path, monkeypatch):
+    """The 1-shot contexts lm-eval builds ("demo target\n\nquery") keep the delimiter as one token, and
+    decode back unchanged (lm-eval's stop string "\n\n" and the post-processing rely on it)."""
+    from transformers import AutoTokenizer
+
+    from harness_tasks.examples import render
+
+    mw.write_world(tmp_path / "world", seed=0, sizes={"train": 30, "validation": 5, "test": 10})
+    monkeypatch.setenv("FMTSPEC_DATA_DIR", str(tmp_path / "world"))
+    mw.build_tokenizer().save_pretrained(tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    delimiter = tok.convert_tokens_to_ids(mw.FEWSHOT_DELIMITER)
+    assert delimiter not in (tok.unk_token_id, None) and tok.convert_ids_to_tokens(delimiter) == "\n\n"
+    with_delimiter = tok("copy : cat answer : cat\n\ncopy : dog answer :").input_ids
+    without = tok("copy : cat answer : cat copy : dog answer :").input_ids
+    assert with_delimiter == without[:6] + [delimiter] + without[6:]
+    for task in mw.TASKS:
+        for example in render(mw.task_name(task), "test", shots=1):
+            ids = tok(example.context, add_special_tokens=False).input_ids
+            assert ids.count(delimiter) == 1 == example.context.count("\n\n") and tok.unk_token_id not in ids
+            assert tok.decode(ids) == example.context
+            # a generation that goes on into a next example decodes with lm-eval's stop string in it
+            answer = tok(example.target + "\n\n", add_special_tokens=False).input_ids
+            assert answer[-1] == delimiter and tok.decode(answer) == example.target + "\n\n"
 
 
 def test_random_model_has_the_issue_size_and_generates_words(tmp_path):
