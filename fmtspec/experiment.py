@@ -176,7 +176,6 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         raise FmtspecError(f"{source}: 'runs' must be a list of {{label, method or config, ...}}")
     base_model = _pretrain_base(base_model, source) if base_model else base_model
 
-
     runs: list[RunSpec] = []
     labels: list[str] = []
     for i, item in _expand_seeds(data["runs"], source):
@@ -371,9 +370,10 @@ def _error_line(tail: list[str]) -> str:
     return tail[-1] if tail else "(no output)"
 
 
-def ensure_tiny_model(exp: Experiment, model: str | None) -> str | None:
-    """`tiny:<kind>` -> the folder of that tiny offline model, built into the experiment folder once;
-    `pretrain:<config>` -> the model folder of that pretraining run, trained once into the cache."""
+def resolve_model(exp: Experiment, model: str | None) -> str | None:
+    """The model a run starts from: a hub id or folder as is; `tiny:<kind>` -> the folder of that tiny
+    offline model, built into the experiment folder once; `pretrain:<config>` -> the model folder of that
+    pretraining run, trained once into the cache."""
     if model and model.startswith(PRETRAIN_PREFIX):
         return pretrained_base(exp, model)
     if not model or not model.startswith(TINY_PREFIX):
@@ -420,7 +420,7 @@ def resolved_config(exp: Experiment, spec: RunSpec) -> tuple[dict, dict]:
 
     raw = copy.deepcopy(spec.raw_config)
     if raw.get("model"):
-        raw["model"] = ensure_tiny_model(exp, raw["model"])
+        raw["model"] = resolve_model(exp, raw["model"])
     return raw, json.loads(json.dumps(load_config(None, raw=raw)))
 
 
@@ -568,7 +568,7 @@ def score_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> Path:
 
     out_dir = exp.output / "results" / spec.label
     if spec.method == PRETRAINED:
-        target, newer_than = ensure_tiny_model(exp, spec.model), None
+        target, newer_than = resolve_model(exp, spec.model), None
     else:
         target, newer_than = str(exp.run_dir(spec.label)), exp.run_dir(spec.label) / MANIFEST
     start = time.time()
@@ -623,7 +623,7 @@ def baseline_point(exp: Experiment, spec: RunSpec) -> tuple[int, Path] | None:
 
     start = read_manifest(exp.run_dir(spec.label)).get("base_model")
     for other in exp.runs:
-        if other.method == PRETRAINED and ensure_tiny_model(exp, other.model) == start:
+        if other.method == PRETRAINED and resolve_model(exp, other.model) == start:
             marker = exp.output / "results" / other.label / "score.json"
             if marker.is_file():
                 results = marker.parent / json.loads(marker.read_text())["results"]

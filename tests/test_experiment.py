@@ -244,7 +244,7 @@ def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path
     """`base_model: pretrain:CONFIG` resolves to the model folder of trainers.pretrain.cached_base(CONFIG):
     pretrained on first use, found in the cache after; the pretrained run scores it and the trained runs
     (one per seed) start from it."""
-    from fmtspec.experiment import ensure_tiny_model, load_experiment, train_run
+    from fmtspec.experiment import load_experiment, resolve_model, train_run
     from fmtspec.run_folder import read_manifest
     from harness_tasks.mini_world import write_world
     from trainers.config import load_config
@@ -271,7 +271,7 @@ def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path
         """)
     exp = load_experiment(path, tmp_path / "out")
     assert not cache_root().exists()  # --check and loading never pretrain
-    model = ensure_tiny_model(exp, exp.run("pretrained").model)
+    model = resolve_model(exp, exp.run("pretrained").model)
     assert [a["action"] for a in exp.log] == ["pretrain"]
     base = cached_base(load_config(REPO / "configs" / "mini" / "pretrain_tiny.yaml"))
     assert model == str(base / "model") and (base / "model" / "tokenizer.json").is_file()
