@@ -37,6 +37,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/startup_cost.py
+	$(BIN)/python bench/lm_eval_batch.py
 
 clean:
 	rm -rf $(VENV) demo_out build dist

@@ -43,10 +43,10 @@ STACK = re.compile(r"^(?P<stack>(?:.*\.)?(?:block|layers|h))\.(?P<index>\d+)\.")
 def specialization_table(points: list[tuple[int, Path]], run_dir: Path | None = None) -> dict:
     """[(step, lm-eval results file)] -> per step: each task's primary score (0-100) and fmt_label_share,
     their means over the unseen tasks, and the run's own validation metrics at that step."""
-    from harness_tasks.catalog import SUITE, parse_task_name
+    from harness_tasks.catalog import MINI, SUITE, parse_task_name
     from leaderboards.results import load_results_file, metric_value, read_metrics_jsonl
 
-    suite = {info.key for info in SUITE}
+    suite = {info.key for info in SUITE + MINI}  # "unseen": the tasks of other formats than the target
     val = {}
     if run_dir is not None:
         for row in read_metrics_jsonl(run_dir):

@@ -20,12 +20,15 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
                                        # an init_from naming seeded runs starts each seed from its own
     alignment: {runs: [finetune], steps: [0, final], layer: "decoder:-1", batches: 4, batch_size: 8}
     launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train
+    jobs: 2                            # runs trained at once, each on cores/jobs CPU threads (default 1);
+                                       # lm_eval scores in as many worker processes
 
 Folder (`--output`, else `output:`, else experiments_out/<name>):
 
     runs/<label>/           fmtspec run folders (`fmtspec train --output`)
     configs/<label>.yaml    the merged training config each run was started with
     results/<label>/        lm_eval --output_path of each run's chosen checkpoint (+ score.json)
+                            (the stock `lm_eval` command line, several to a process: fmtspec.lm_eval_batch)
     checkpoints/<label>/step-N/  a run.json view of each checkpoint (step-0: the start model) + lm_eval/
     diagnostics/<label>/    specialization.{json,png}, alignment.{json,png}
     leaderboard.md, plots/  the board and its plots (leaderboards/)
@@ -45,6 +48,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +61,7 @@ TINY_PREFIX = "tiny:"  # base_model: tiny:<kind> builds fmtspec.tiny_models' mod
 PRETRAIN_PREFIX = "pretrain:"  # base_model: pretrain:<config> pretrains (once, cached) a base from scratch
 
 TOP_KEYS = ("name", "output", "base_model", "tasks", "checkpoint_tasks", "baseline", "lm_eval", "train", "runs",
-            "alignment", "launcher")
+            "alignment", "launcher", "jobs")
 RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "checkpoints", "seeds")
 LM_EVAL_KEYS = ("batch_size", "limit", "gen_kwargs", "device", "model_args")
 ALIGNMENT_KEYS = ("runs", "steps", "layer", "task", "batches", "batch_size", "seed")
@@ -86,6 +90,9 @@ class Experiment:
     runs: list[RunSpec]
     alignment: dict | None = None
     launcher: list[str] | None = None  # the command that trains, before CONFIG.yaml (default: fmtspec train)
+    jobs: int = 1  # runs trained (and lm_eval workers scoring) at once
+    env: dict = field(default_factory=dict)  # extra environment of every subprocess (the demo's data folders)
+    bases: dict = field(default_factory=dict)  # pretrain:<config> -> its model folder, once found
     log: list[dict] = field(default_factory=list)  # actions of this invocation
 
     def run(self, label: str) -> RunSpec:
@@ -246,8 +253,11 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             if label not in labels or next(r for r in runs if r.label == label).method == PRETRAINED:
                 raise FmtspecError(f"{source}: alignment.runs: '{label}' is not a trained run"
                                    f"{_closest(label, labels)}")
+    jobs = data.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise FmtspecError(f"{source}: 'jobs' must be an integer >= 1, got {jobs!r}")
     return Experiment(name, source.resolve(), out, str(base_model) if base_model else "", tasks, checkpoint_tasks,
-                      baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source))
+                      baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source), jobs)
 
 
 def _expand_seeds(items: list, source: Path):
@@ -324,38 +334,57 @@ def say(message: str) -> None:
     print(f"[fmtspec] {message}", flush=True)
 
 
-def offline_env() -> dict:
-    """The environment of the training and lm_eval subprocesses: the caller's, plus quiet tokenizers."""
-    return {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+def offline_env(exp: Experiment | None = None, share_cores: bool = True) -> dict:
+    """The environment of the training and lm_eval subprocesses: the caller's, quiet tokenizers, the
+    experiment's own variables, and with `jobs` > 1 an equal share of the CPU threads for each."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": os.environ.get("TOKENIZERS_PARALLELISM", "false")}
+    if exp is not None:
+        env.update(exp.env)
+        if share_cores and exp.jobs > 1 and "OMP_NUM_THREADS" not in env:  # threads beyond the cores only slow torch down
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // exp.jobs))
+    return env
+
+
+_RECORD_LOCK = threading.Lock()
 
 
 def record(exp: Experiment, action: str, label: str, **extra) -> None:
     """Append what this invocation did to actions.jsonl (tests and users read what was skipped)."""
     entry = {"time": round(time.time(), 3), "action": action, "label": label, **extra}
-    exp.log.append(entry)
-    exp.output.mkdir(parents=True, exist_ok=True)
-    with open(exp.output / "actions.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    with _RECORD_LOCK:
+        exp.log.append(entry)
+        exp.output.mkdir(parents=True, exist_ok=True)
+        with open(exp.output / "actions.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
-def run_logged(cmd: list[str], log: Path, what: str, stream: bool = False) -> None:
-    """Run `cmd`, its output into `log` (and the console with `stream`); one clear line when it fails."""
+def start_logged(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=offline_env(), text=True,
-                                errors="replace")
-        tail: list[str] = []
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or offline_env(),
+                            text=True, errors="replace")
+
+
+def finish_logged(proc: subprocess.Popen, log: Path, what: str, stream: bool = False) -> None:
+    """Copy the output of `proc` into `log` (and the console with `stream`) until it ends; one clear line
+    when it failed."""
+    tail: list[str] = []
+    with open(log, "a") as f:
         for line in proc.stdout:
             f.write(line)
             if stream:
                 sys.stderr.write(line)
             if line.strip():
                 tail = (tail + [line.strip()])[-40:]
-        code = proc.wait()
+    code = proc.wait()
     if code != 0:
         raise FmtspecError(f"{what} failed (exit {code}): {_error_line(tail)} (full output: {log})")
+
+
+def run_logged(cmd: list[str], log: Path, what: str, stream: bool = False, env: dict | None = None) -> None:
+    """Run `cmd`, its output into `log` (and the console with `stream`); one clear line when it fails."""
+    finish_logged(start_logged(cmd, log, env), log, what, stream)
 
 
 def _error_line(tail: list[str]) -> str:
@@ -393,17 +422,46 @@ def resolve_model(exp: Experiment, model: str | None) -> str | None:
 def pretrained_base(exp: Experiment, model: str) -> str:
     """The model folder of the `pretrain:<config>` base (trainers.pretrain.cached_base: keyed by the config
     and the data, so the base is pretrained once for every run and every later experiment)."""
-    from fmtspec.run_folder import is_run_folder, model_path, read_manifest
-    from trainers.config import load_config
-    from trainers.pretrain import cache_key, cache_root, cached_base
+    from fmtspec.run_folder import model_path, read_manifest
 
-    config = load_config(Path(model[len(PRETRAIN_PREFIX):]))
-    cached = is_run_folder(cache_root() / cache_key(config))
-    start = time.time()
-    run_dir = cached_base(config, log=say)
-    if not cached:
-        record(exp, "pretrain", model, seconds=round(time.time() - start, 1), run=str(run_dir))
-    return model_path(run_dir, read_manifest(run_dir))
+    if model not in exp.bases:
+        pending = start_pretraining(exp, model)
+        if pending is not None:
+            finish_pretraining(exp, pending)
+        run_dir = cached_base_dir(model)
+        exp.bases[model] = model_path(run_dir, read_manifest(run_dir))
+    return exp.bases[model]
+
+
+def cached_base_dir(model: str) -> Path:
+    from trainers.config import load_config
+    from trainers.pretrain import cache_key, cache_root
+
+    return cache_root() / cache_key(load_config(Path(model[len(PRETRAIN_PREFIX):])))
+
+
+def start_pretraining(exp: Experiment, model: str) -> tuple | None:
+    """Start `fmtspec train CONFIG --cached` in the background unless the base is in the cache; hand the
+    result to finish_pretraining. (The demo trains the base while its other experiment runs.)"""
+    from fmtspec.run_folder import is_run_folder
+
+    folder = cached_base_dir(model)
+    if is_run_folder(folder):
+        say(f"pretrained base (cached): {folder}")
+        return None
+    config = model[len(PRETRAIN_PREFIX):]
+    log = exp.output / "logs" / "pretrain.log"
+    say(f"pretraining the base {config} into {folder} (log: {log})")
+    proc = start_logged([sys.executable, "-m", "fmtspec", "train", config, "--cached"], log,
+                        offline_env(exp, share_cores=False))  # one process: every core
+    return proc, log, model, time.time()
+
+
+def finish_pretraining(exp: Experiment, pending: tuple, stream: bool = False) -> None:
+    proc, log, model, started = pending
+    finish_logged(proc, log, f"pretraining the base {model[len(PRETRAIN_PREFIX):]}", stream)
+    record(exp, "pretrain", model, seconds=round(time.time() - started, 1), run=str(cached_base_dir(model)))
+    say(f"pretrained base: done in {time.time() - started:.0f} s")
 
 
 def _first_difference(a, b, where: str = "") -> str:
@@ -465,7 +523,8 @@ def train_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> None:
         cmd.append("--resume")
     say(f"train {spec.label} ({spec.method}){' resuming' if resume else ''} -> {run_dir}")
     start = time.time()
-    run_logged(cmd, exp.output / "logs" / f"{spec.label}.train.log", f"training run '{spec.label}'", stream)
+    run_logged(cmd, exp.output / "logs" / f"{spec.label}.train.log", f"training run '{spec.label}'", stream,
+               offline_env(exp))
     if not is_run_folder(run_dir):
         raise FmtspecError(f"training run '{spec.label}' ended without writing {run_dir}/run.json")
     record(exp, "resume" if resume else "train", spec.label, seconds=round(time.time() - start, 1))
@@ -482,36 +541,117 @@ def model_args_text(args: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in args.items())
 
 
-def score(model_args: dict, tasks: list[str], out_dir: Path, settings: dict, log: Path, *,
-          newer_than: Path | None = None, stream: bool = False) -> tuple[Path, bool]:
-    """Score with `python -m lm_eval --model promot_hf` into `out_dir`, unless the same command already did.
+@dataclass
+class ScoreJob:
+    """One `lm_eval --model promot_hf` command: its arguments, where it writes, and whether it is done."""
 
-    Returns (results file, whether lm_eval ran). `out_dir/score.json` records the command's key and its
-    results file; the score is reused when both match and the results are newer than `newer_than`."""
+    what: str  # for messages: "lm_eval on <label>"
+    argv: list[str]  # what follows `lm_eval` on the command line
+    out_dir: Path  # its --output_path; out_dir/score.json marks it done
+    key: dict  # what decides the result (model_args, tasks, limit, ...), recorded in score.json
+    log: Path
+    results: Path | None = None  # the results file, once done (before or now)
+    ran: bool = False  # whether this invocation ran it
+
+
+def score_job(model_args: dict, tasks: list[str], out_dir: Path, settings: dict, log: Path, *, what: str,
+              newer_than: Path | None = None) -> ScoreJob:
+    """The lm_eval command scoring `model_args` on `tasks` into `out_dir`, marked done when the same
+    command already wrote results there that are newer than `newer_than`."""
     model_args = {**{k: str(v) for k, v in model_args.items()},
                   **{k: str(v) for k, v in (settings.get("model_args") or {}).items()}}
     key = {"model_args": model_args, "tasks": list(tasks), "limit": settings.get("limit"),
            "gen_kwargs": settings.get("gen_kwargs"), "device": settings.get("device")}
-    marker = out_dir / "score.json"
-    done = _finished_score(marker, key, tasks, newer_than)
-    if done is not None:
-        return done, False
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "promot_hf", "--model_args", model_args_text(model_args),
-           "--tasks", ",".join(tasks), "--output_path", str(out_dir),
-           "--batch_size", str(settings.get("batch_size") or 1)]
+    argv = ["--model", "promot_hf", "--model_args", model_args_text(model_args), "--tasks", ",".join(tasks),
+            "--output_path", str(out_dir), "--batch_size", str(settings.get("batch_size") or 1)]
     if settings.get("limit") is not None:
-        cmd += ["--limit", str(settings["limit"])]
+        argv += ["--limit", str(settings["limit"])]
     if settings.get("gen_kwargs"):
-        cmd += ["--gen_kwargs", str(settings["gen_kwargs"])]
+        argv += ["--gen_kwargs", str(settings["gen_kwargs"])]
     if settings.get("device"):
-        cmd += ["--device", str(settings["device"])]
-    before = set(out_dir.rglob("results_*.json")) if out_dir.is_dir() else set()
-    run_logged(cmd, log, f"lm_eval on {model_args.get('pretrained')}", stream)
-    new = sorted(set(out_dir.rglob("results_*.json")) - before)
-    if not new:
-        raise FmtspecError(f"lm_eval wrote no results file under {out_dir} (full output: {log})")
-    marker.write_text(json.dumps({**key, "results": str(new[-1].relative_to(out_dir))}, indent=2) + "\n")
-    return new[-1], True
+        argv += ["--device", str(settings["device"])]
+    job = ScoreJob(what, argv, out_dir, key, log)
+    job.results = _finished_score(out_dir / "score.json", key, tasks, newer_than)
+    return job
+
+
+def run_scores(jobs: list[ScoreJob], workers: int = 1, env: dict | None = None, stream: bool = False) -> None:
+    """Run the jobs not done yet, in `workers` processes of `python -m fmtspec.lm_eval_batch` (each pays
+    lm_eval's start-up once); every job's output goes to its own log. Raises on the first failure, after
+    marking what finished."""
+    pending = [job for job in jobs if job.results is None]
+    chunks = [pending[i::workers] for i in range(workers) if pending[i::workers]]
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            _run_batch(chunk, env, stream)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        for future in [pool.submit(_run_batch, chunk, env, stream) for chunk in chunks]:
+            future.result()
+
+
+def _run_batch(jobs: list[ScoreJob], env: dict | None, stream: bool) -> None:
+    from fmtspec.lm_eval_batch import DONE
+
+    before = {id(job): _results_files(job.out_dir) for job in jobs}
+    job_file = jobs[0].log.parent / f".lm_eval_batch-{os.getpid()}-{threading.get_ident()}.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps([job.argv for job in jobs]))
+    for job in jobs:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        job.log.write_text("$ lm_eval " + " ".join(job.argv) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "fmtspec.lm_eval_batch", str(job_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env or offline_env(), text=True, errors="replace")
+    current, done, tail = 0, set(), []
+    out = open(jobs[0].log, "a")
+    try:
+        for line in proc.stdout:
+            if line.startswith("fmtspec-batch: job "):
+                number = line.split()[2].rstrip(":")
+                if line.strip() == DONE.format(number):
+                    done.add(int(number))
+                    say(f"{jobs[int(number)].what}: done")
+                    continue
+                if int(number) != current:
+                    out.close()
+                    current, tail = int(number), []
+                    out = open(jobs[current].log, "a")
+                continue
+            out.write(line)
+            if stream:
+                sys.stderr.write(line)
+            if line.strip():
+                tail = (tail + [line.strip()])[-40:]
+    finally:
+        out.close()
+    code = proc.wait()
+    job_file.unlink(missing_ok=True)
+    for i in sorted(done):
+        job = jobs[i]
+        new = sorted(_results_files(job.out_dir) - before[id(job)])
+        if not new:
+            raise FmtspecError(f"lm_eval wrote no results file under {job.out_dir} (full output: {job.log})")
+        (job.out_dir / "score.json").write_text(
+            json.dumps({**job.key, "results": str(new[-1].relative_to(job.out_dir))}, indent=2) + "\n")
+        job.results, job.ran = new[-1], True
+    if code != 0 or len(done) < len(jobs):
+        failed = jobs[min(set(range(len(jobs))) - done, default=current)]
+        raise FmtspecError(f"{failed.what} failed (exit {code}): {_error_line(tail)} (full output: {failed.log})")
+
+
+def _results_files(folder: Path) -> set[Path]:
+    return set(folder.rglob("results_*.json")) if folder.is_dir() else set()
+
+
+def score(model_args: dict, tasks: list[str], out_dir: Path, settings: dict, log: Path, *,
+          newer_than: Path | None = None, stream: bool = False) -> tuple[Path, bool]:
+    """Score one model now (see score_job); returns (results file, whether lm_eval ran)."""
+    job = score_job(model_args, tasks, out_dir, settings, log, what=f"lm_eval on {model_args.get('pretrained')}",
+                    newer_than=newer_than)
+    run_scores([job], stream=stream)
+    return job.results, job.ran
 
 
 def _finished_score(marker: Path, key: dict, tasks: list[str], newer_than: Path | None) -> Path | None:
@@ -562,75 +702,88 @@ def checkpoint_view(run_dir: Path, step: int, view_dir: Path) -> Path:
     return view_dir
 
 
-def score_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> Path:
-    """Score the run's chosen checkpoint on the experiment's tasks; returns the results folder."""
+def final_job(exp: Experiment, spec: RunSpec) -> ScoreJob:
+    """lm_eval of the run's chosen checkpoint on the experiment's tasks, into results/<label>."""
     from fmtspec.run_folder import MANIFEST
 
-    out_dir = exp.output / "results" / spec.label
     if spec.method == PRETRAINED:
         target, newer_than = resolve_model(exp, spec.model), None
     else:
         target, newer_than = str(exp.run_dir(spec.label)), exp.run_dir(spec.label) / MANIFEST
-    start = time.time()
-    say(f"score {spec.label} on {','.join(exp.tasks)}")
-    _, ran = score({"pretrained": target}, exp.tasks, out_dir, exp.lm_eval,
-                   exp.output / "logs" / f"{spec.label}.lm_eval.log", newer_than=newer_than, stream=stream)
-    record(exp, "score" if ran else "skip-score", spec.label, seconds=round(time.time() - start, 1))
-    say(f"score {spec.label}: {'done in %.0f s' % (time.time() - start) if ran else 'done before, skipped'}")
-    return out_dir
+    return score_job({"pretrained": target}, exp.tasks, exp.output / "results" / spec.label, exp.lm_eval,
+                     exp.output / "logs" / f"{spec.label}.lm_eval.log", what=f"lm_eval on run '{spec.label}'",
+                     newer_than=newer_than)
 
 
-def score_checkpoints(exp: Experiment, spec: RunSpec, stream: bool = False) -> list[tuple[int, Path]]:
-    """Score every intermediate checkpoint of a run on `checkpoint_tasks`: [(step, results file)]. Step 0 (the
-    start model) comes from a pretrained run of the same model where there is one, else it is scored too."""
+def checkpoint_jobs(exp: Experiment, spec: RunSpec, finals: dict[str, ScoreJob]) -> list[tuple[int, ScoreJob]]:
+    """lm_eval of every intermediate checkpoint of a run on `checkpoint_tasks`: [(step, job)]. Step 0 (the
+    start model) is the pretrained run of the same model where it scores those tasks, else scored too."""
+    from fmtspec.run_folder import read_manifest
     from trainers import run as rf
 
     run_dir = exp.run_dir(spec.label)
-    start = baseline_point(exp, spec)
-    points = [start] if start else []
-    steps = ([] if start else [0]) + rf.checkpoint_steps(run_dir)
-    for i, step in enumerate(steps, 1):
+    start = read_manifest(run_dir).get("base_model")
+    points = [(0, finals[other.label]) for other in exp.runs
+              if other.method == PRETRAINED and resolve_model(exp, other.model) == start
+              and set(_leaf_tasks(exp.checkpoint_tasks)) <= set(_leaf_tasks(exp.tasks))][:1]
+    for step in ([] if points else [0]) + rf.checkpoint_steps(run_dir):
         view = checkpoint_view(run_dir, step, exp.output / "checkpoints" / spec.label / f"step-{step}")
-        start = time.time()
-        say(f"score {spec.label} checkpoint step-{step} ({i}/{len(steps)}) on {','.join(exp.checkpoint_tasks)}")
-        results, ran = score({"pretrained": str(view)}, exp.checkpoint_tasks, view / "lm_eval", exp.lm_eval,
-                             exp.output / "logs" / f"{spec.label}.step-{step}.lm_eval.log",
-                             newer_than=run_dir / "run.json", stream=stream)
-        record(exp, "score" if ran else "skip-score", spec.label, step=step, seconds=round(time.time() - start, 1))
-        points.append((step, results))
+        points.append((step, score_job({"pretrained": str(view)}, exp.checkpoint_tasks, view / "lm_eval",
+                                       exp.lm_eval, exp.output / "logs" / f"{spec.label}.step-{step}.lm_eval.log",
+                                       what=f"lm_eval on run '{spec.label}' checkpoint step-{step}",
+                                       newer_than=run_dir / "run.json")))
     return points
+
+
+def score_all(exp: Experiment, stream: bool = False) -> dict[str, list[tuple[int, Path]]]:
+    """Score every run, and every checkpoint of the runs with `checkpoints: all`, in `exp.jobs` lm_eval
+    worker processes; returns each such run's [(step, results file)]."""
+    finals = {spec.label: final_job(exp, spec) for spec in exp.runs}
+    curves = {spec.label: checkpoint_jobs(exp, spec, finals) for spec in exp.runs if spec.checkpoints == "all"}
+    jobs = list({id(job): job for job in [*finals.values(), *(job for points in curves.values()
+                                                              for _, job in points)]}.values())
+    pending = sum(job.results is None for job in jobs)
+    say(f"stage score: {pending} lm_eval run(s) of {len(jobs)}"
+        + (f" in {min(exp.jobs, pending)} worker processes" if min(exp.jobs, pending) > 1 else ""))
+    start = time.time()
+    try:
+        run_scores(jobs, exp.jobs, offline_env(exp), stream)
+    finally:
+        for label, job in finals.items():
+            if job.results is not None:
+                record(exp, "score" if job.ran else "skip-score", label)
+        for label, points in curves.items():
+            for step, job in points:
+                if job.results is not None and job not in finals.values():
+                    record(exp, "score" if job.ran else "skip-score", label, step=step)
+    say(f"stage score: done in {time.time() - start:.0f} s")
+    return {label: [(step, job.results) for step, job in points] for label, points in curves.items()}
 
 
 # ---- the whole experiment ---------------------------------------------------------------------------
 
 
-def write_leaderboard(exp: Experiment) -> list[Path]:
+def write_leaderboard(output: Path, experiments: list[Experiment]) -> list[Path]:
+    """One board (and its plots) over every run of `experiments`, all scored into `output`; runs named
+    `<label>_s<seed>` are shown as mean and spread over their seeds, with the checkpoint curves of the
+    runs that have them (diagnostics/<label>/specialization.json)."""
     from leaderboards.board import build
     from leaderboards.cli import write_text_atomically
-    from leaderboards.plots import write_plots
+    from leaderboards.plots import write_curves, write_plots
     from leaderboards.results import load_checkpoints
 
-    specs = [f"{r.label}={exp.output / 'results' / r.label}" for r in exp.runs]
-    board = build(load_checkpoints(specs), exp.baseline)
-    written = write_plots(board, exp.output / "plots")
-    write_text_atomically(exp.output / "leaderboard.md", board.markdown)
-    return [exp.output / "leaderboard.md", *written]
-
-
-def baseline_point(exp: Experiment, spec: RunSpec) -> tuple[int, Path] | None:
-    """Step 0 of a run's specialization curve: the pretrained run that scored the model it started from."""
-    from fmtspec.run_folder import read_manifest
-
-    start = read_manifest(exp.run_dir(spec.label)).get("base_model")
-    for other in exp.runs:
-        if other.method == PRETRAINED and resolve_model(exp, other.model) == start:
-            marker = exp.output / "results" / other.label / "score.json"
-            if marker.is_file():
-                results = marker.parent / json.loads(marker.read_text())["results"]
-                covered = set(json.loads(results.read_text()).get("results") or {})
-                if set(_leaf_tasks(exp.checkpoint_tasks)) <= covered:
-                    return 0, results
-    return None
+    runs = [spec for exp in experiments for spec in exp.runs]
+    board = build(load_checkpoints([f"{r.label}={output / 'results' / r.label}" for r in runs]),
+                  [exp.baseline for exp in experiments])
+    written = write_plots(board, output / "plots")
+    curves = {}
+    for spec in runs:
+        path = output / "diagnostics" / spec.label / "specialization.json"
+        if spec.checkpoints == "all" and path.is_file():
+            curves[spec.label] = json.loads(path.read_text())
+    written += write_curves(curves, output / "plots")
+    write_text_atomically(output / "leaderboard.md", board.markdown)
+    return [output / "leaderboard.md", *written]
 
 
 def _leaf_tasks(tasks: list[str]) -> list[str]:
@@ -653,8 +806,38 @@ def _alignment_done(folder: Path, run_dir: Path, settings: dict) -> bool:
     return same and fresh and (folder / "alignment.png").is_file()
 
 
-def run_experiment(exp: Experiment, stream: bool = False) -> dict:
-    """Every stage in order; returns {"leaderboard": path, "plots": [...], "diagnostics": [...]}."""
+def train_all(exp: Experiment, stream: bool = False) -> None:
+    """Train every run not trained yet, `exp.jobs` at a time; a run waits for the run it starts from."""
+    trained = [r for r in exp.runs if r.method != PRETRAINED]
+    if exp.jobs == 1:
+        for i, spec in enumerate(trained, 1):
+            say(f"stage train [{i}/{len(trained)}]")
+            train_run(exp, spec, stream)
+        return
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    for model in dict.fromkeys(spec.model for spec in trained if spec.model):
+        resolve_model(exp, model)  # a base to pretrain or build: once, before the runs that share it
+    say(f"stage train: {len(trained)} run(s), {exp.jobs} at a time")
+    futures: dict = {}
+
+    def train_after_parent(spec: RunSpec) -> None:
+        if spec.init_from:  # submitted earlier, so already running or done: no deadlock
+            futures[spec.init_from].result()
+        train_run(exp, spec, stream)
+
+    with ThreadPoolExecutor(exp.jobs) as pool:
+        for spec in trained:
+            futures[spec.label] = pool.submit(train_after_parent, spec)
+        wait(futures.values())
+    for spec in trained:  # the first failure, in run order
+        futures[spec.label].result()
+
+
+def run_experiment(exp: Experiment, stream: bool = False, board: bool = True) -> dict:
+    """Every stage in order; returns {"leaderboard": path, "plots": [...], "diagnostics": [...]}.
+    With `board=False` (several experiments sharing one folder, as in the demo) no board is written and
+    the copy of the experiment file is named experiment.<name>.yaml."""
     from fmtspec import diagnose
 
     started = time.time()
@@ -662,17 +845,12 @@ def run_experiment(exp: Experiment, stream: bool = False) -> dict:
     check_trained_configs(exp)
     trained = [r for r in exp.runs if r.method != PRETRAINED]
     say(f"experiment {exp.name}: {len(trained)} run(s) to train, {len(exp.runs)} to score -> {exp.output}")
-    for i, spec in enumerate(trained, 1):
-        say(f"stage train [{i}/{len(trained)}]")
-        train_run(exp, spec, stream)
-    for i, spec in enumerate(exp.runs, 1):
-        say(f"stage score [{i}/{len(exp.runs)}]")
-        score_run(exp, spec, stream)
+    train_all(exp, stream)
+    curves = score_all(exp, stream)
     diagnostics = []
-    for spec in [r for r in trained if r.checkpoints == "all"]:
-        points = score_checkpoints(exp, spec, stream)
-        table = diagnose.specialization_table(points, exp.run_dir(spec.label))
-        diagnostics += diagnose.write_specialization(table, exp.output / "diagnostics" / spec.label, spec.label)
+    for label, points in curves.items():
+        table = diagnose.specialization_table(points, exp.run_dir(label))
+        diagnostics += diagnose.write_specialization(table, exp.output / "diagnostics" / label, label)
     if exp.alignment:
         settings = dict(exp.alignment)
         for label in settings.pop("runs", None) or []:
@@ -687,16 +865,20 @@ def run_experiment(exp: Experiment, stream: bool = False) -> dict:
             result["settings"] = settings
             diagnostics += diagnose.write_alignment(result, folder, label)
             record(exp, "alignment", label)
-    say("stage leaderboard")
-    written = write_leaderboard(exp)
-    copy_of_source = exp.output / "experiment.yaml"  # what was asked, kept beside what it produced
+    written = []
+    if board:
+        say("stage leaderboard")
+        written = write_leaderboard(exp.output, [exp])
+    # what was asked, kept beside what it produced
+    copy_of_source = exp.output / ("experiment.yaml" if board else f"experiment.{exp.name}.yaml")
     if not copy_of_source.is_file() or copy_of_source.read_text() != exp.source.read_text():
         copy_of_source.write_text(exp.source.read_text())
     say(f"experiment {exp.name} done in {time.time() - started:.0f} s")
-    say(f"leaderboard: {written[0]}")
+    if written:
+        say(f"leaderboard: {written[0]}")
     for path in written[1:] + diagnostics:
         say(f"  {path}")
-    return {"leaderboard": written[0], "plots": written[1:], "diagnostics": diagnostics}
+    return {"leaderboard": written[0] if written else None, "plots": written[1:], "diagnostics": diagnostics}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -375,6 +375,9 @@ def main(argv=None) -> int:
     for split in SPLITS:
         parser.add_argument(f"--{split}", type=int, default=DEFAULT_SIZES[split], metavar="N",
                             help=f"records per task in {split} (default {DEFAULT_SIZES[split]})")
+    parser.add_argument("--validation-as-test", action="store_true",
+                        help="write the validation split as the test split too: the lm-eval tasks then score "
+                             "validation, for choosing settings without looking at test (docs/miniature.md)")
     parser.add_argument("--tokenizer", help="write the word-level tokenizer to this folder")
     parser.add_argument("--model", help="write a random-weight miniature BART and its tokenizer to this folder")
     args = parser.parse_args(argv)
@@ -383,7 +386,12 @@ def main(argv=None) -> int:
     try:
         if args.output:
             sizes = {split: getattr(args, split) for split in SPLITS}
-            print(f"miniature world (seed {args.seed}): {write_world(args.output, args.seed, sizes)}")
+            folder = write_world(args.output, args.seed, sizes)
+            if args.validation_as_test:
+                for task in TASKS:
+                    shutil.copyfile(folder / data_key(task) / "validation.jsonl", folder / data_key(task) / "test.jsonl")
+            print(f"miniature world (seed {args.seed}{', test = validation' if args.validation_as_test else ''}): "
+                  f"{folder}")
         if args.tokenizer:
             build_tokenizer().save_pretrained(args.tokenizer)
             print(f"tokenizer: {args.tokenizer}")

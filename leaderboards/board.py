@@ -8,12 +8,13 @@ row below. Scores are on a 0-100 scale (fractions x100, BLEU as is), two decimal
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from harness_tasks.catalog import SUITE, TARGETS, TEACH_TWICE, TaskInfo, parse_task_name
+from harness_tasks.catalog import MINI, MINI_TARGET, SUITE, TARGETS, TEACH_TWICE, TaskInfo, parse_task_name
 from leaderboards.results import Checkpoint, metric_value
 
 MISSING = "—"
@@ -56,8 +57,10 @@ class Board:
     """Everything the markdown and the plots show."""
 
     checkpoints: list[Checkpoint]
-    baseline: str
+    baseline: str  # of the real tasks' tables
     shots: list[int | None]  # shot columns per checkpoint in the main table
+    main_labels: list[str] = field(default_factory=list)  # checkpoints with results beside the miniature world's
+    mini: dict = field(default_factory=dict)  # the miniature world's table: {"baseline", "columns": {...}}
     norm_avg: dict[tuple[str, int | None], float | None] = field(default_factory=dict)
     targets: dict[str, dict[str, float | None]] = field(default_factory=dict)  # display -> label -> score
     markdown: str = ""
@@ -103,19 +106,28 @@ class _Scores:
         return any(key == info.key for ours in self.by_label.values() for key, _ in ours)
 
 
-def build(checkpoints: list[Checkpoint], baseline: str, show_stderr: bool = False,
+def build(checkpoints: list[Checkpoint], baseline: str | list[str], show_stderr: bool = False,
           generated: datetime | None = None) -> Board:
-    # the baseline comes first, as the pretrained model does in the papers' tables
-    checkpoints = sorted(checkpoints, key=lambda c: c.label != baseline)
+    """`baseline`: a label, or one per kind of table (e.g. [pretrained, mini_pretrained]): each table takes
+    its deltas against the first of them that it holds."""
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline)
+    # the baselines come first, as the pretrained model does in the papers' tables
+    checkpoints = sorted(checkpoints, key=lambda c: baselines.index(c.label) if c.label in baselines else len(baselines))
     scores = _Scores(checkpoints)
     notes: list[str] = []
     for checkpoint in checkpoints:
         notes.extend(f"{checkpoint.label}: {note}" for note in checkpoint.notes)
         notes.extend(_subset_notes(checkpoint))
+    mini_keys = {info.key for info in (*MINI, MINI_TARGET)}
+    main_labels = [label for label, ours in scores.by_label.items()
+                   if not ours or any(key not in mini_keys for key, _ in ours) or scores.other[label]]
+    main_baseline = next((b for b in baselines if b in main_labels), baselines[0])
     suite_shots = scores.shots_of(SUITE) or scores.shots_of(TARGETS)[:1] or [None]
-    board = Board(checkpoints, baseline, suite_shots)
-    sections = [_header(board, generated)]
+    board = Board(checkpoints, main_baseline, suite_shots, main_labels)
+    sections = [_header(board, generated, baselines)]
     missing: dict[str, list[str]] = {}  # "label k-shot" -> tasks
+    if any(scores.has(info) for info in (*MINI, MINI_TARGET)):
+        sections.append(mini_table(board, scores, baselines))
     if any(scores.has(info) for info in SUITE + TARGETS):
         sections.append(_main_table(board, scores, show_stderr, notes, missing))
     if any(scores.has(info) for info in TEACH_TWICE):
@@ -142,7 +154,7 @@ def build(checkpoints: list[Checkpoint], baseline: str, show_stderr: bool = Fals
 # ---------------------------------------------------------------------------------------------
 
 
-def _header(board: Board, generated: datetime | None) -> str:
+def _header(board: Board, generated: datetime | None, baselines: list[str]) -> str:
     generated = generated or datetime.now(timezone.utc)
     rows = []
     for c in board.checkpoints:
@@ -153,7 +165,7 @@ def _header(board: Board, generated: datetime | None) -> str:
         date = c.info.get("date")
         when = (datetime.fromtimestamp(date, timezone.utc).strftime("%Y-%m-%d %H:%M")
                 if isinstance(date, (int, float)) else MISSING)
-        label = f"**{_esc(c.label)}** (baseline)" if c.label == board.baseline else _esc(c.label)
+        label = f"**{_esc(c.label)}** (baseline)" if c.label in baselines else _esc(c.label)
         rows.append([label, _code(config.get("model")), _code(model_args), _esc(c.info.get("lm_eval_version")),
                      when, "<br>".join(_code(_shown_path(f)) for f in c.files),
                      _code(_shown_path(c.run_dir)) if c.run_dir else ""])
@@ -161,17 +173,110 @@ def _header(board: Board, generated: datetime | None) -> str:
     if not any(c.run_dir for c in board.checkpoints):
         headers, rows = headers[:-1], [row[:-1] for row in rows]
     table = _table(headers, rows)
+    against = " or ".join(f"**{_esc(b)}**" for b in baselines if b in board.labels) or f"**{_esc(baselines[0])}**"
     return (f"# fmtspec leaderboard\n\n"
             f"{len(board.checkpoints)} checkpoint{'s' if len(board.checkpoints) != 1 else ''} compared; "
-            f"deltas are against **{_esc(board.baseline)}**. Built {generated.strftime('%Y-%m-%d %H:%M')} UTC "
+            f"deltas are against {against}{' (each table: the first it holds)' if ' or ' in against else ''}. Built {generated.strftime('%Y-%m-%d %H:%M')} UTC "
             f"by `fmtspec leaderboard`.\n\n{table}\n\n"
             "Scores are on a 0-100 scale: accuracy, exact match, ROUGE and F1 are lm-eval's fractions x100, "
             "BLEU is sacreBLEU's 0-100. Best value per row (per shot count) in **bold**.")
 
 
+SEED_LABEL = re.compile(r"^(?P<stem>.+)_s(?P<seed>\d+)$")
+
+
+def seed_groups(labels: list[str]) -> dict[str, list[str]]:
+    """Labels grouped by run: `finetune_s0`, `finetune_s1` -> {"finetune": [both]}; other labels alone."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        match = SEED_LABEL.match(label)
+        groups.setdefault(match["stem"] if match else label, []).append(label)
+    return groups
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean, and the sample standard deviation where there are two values or more."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mini_table(board: Board, scores: _Scores, baselines: list[str]) -> str:
+    """The miniature world: exact match of its 8 tasks (1-shot) and target (0-shot), their mean and the
+    True/False share, each as mean ± sd over the seeds of a run; fills board.mini for the plots."""
+    labels = [label for label in board.labels
+              if any(scores.get(label, info, s).value is not None for info in MINI for s in (1, None))
+              or scores.get(label, MINI_TARGET, None).value is not None]
+    groups = seed_groups(labels)
+    stems = list(groups)
+    base = next((stem for b in baselines for stem, members in groups.items() if b in members), stems[0])
+
+    def task_value(label, info, metric=None):
+        shots = 1 if scores.get(label, info, 1).value is not None else None
+        return scores.get(label, info, shots, metric).value
+
+    per_label = {}
+    for label in labels:
+        values = [task_value(label, info) for info in MINI]
+        shares = [task_value(label, info, FORMAT_SIGNAL) for info in MINI]
+        per_label[label] = {
+            "mean": None if None in values else math.fsum(values) / len(values),
+            "share": None if None in shares else math.fsum(shares) / len(shares),
+            "target": task_value(label, MINI_TARGET),
+            **{info.key: task_value(label, info) for info in MINI}}
+    columns = {}
+    for stem, members in groups.items():
+        cell = {"labels": members}
+        for key in ("mean", "share", "target", *(info.key for info in MINI)):
+            values = [per_label[m][key] for m in members]
+            cell[key] = None if None in values else _mean_sd(values)
+        columns[stem] = cell
+    board.mini = {"baseline": base, "columns": columns}
+
+    def text(stat):
+        return MISSING if stat is None else fmt(stat[0]) + (f" ± {fmt(stat[1])}" if stat[1] is not None else "")
+
+    def delta(stem, key, relative=False):
+        here, there = columns[stem][key], columns[base][key]
+        if stem == base or here is None or there is None:
+            return ""
+        if relative:
+            return f" ({fmt(here[0] - there[0], signed=True)}; {fmt(100 * (here[0] / there[0] - 1), signed=True)}%)" \
+                if there[0] else f" ({fmt(here[0] - there[0], signed=True)})"
+        return f" ({fmt(here[0] - there[0], signed=True)})"
+
+    rows = [["Target (0-shot)"] + [text(columns[stem]["target"]) for stem in stems],
+            ["**Mean of 8** (1-shot)"] + [text(columns[stem]["mean"]) + delta(stem, "mean", True) for stem in stems],
+            ["**True/False share** x100"] + [text(columns[stem]["share"]) + delta(stem, "share") for stem in stems]]
+    rows += [[info.display] + [text(columns[stem][info.key]) for stem in stems] for info in MINI]
+    rows.append(["Seeds"] + [str(len(groups[stem])) for stem in stems])
+    headers = ["Task (exact match x100)"] + [f"**{_esc(stem)}**" if stem == base else _esc(stem) for stem in stems]
+    findings = []
+    for stem in stems:
+        here, there = columns[stem], columns[base]
+        if stem == base or None in (here["mean"], there["mean"], here["share"], there["share"]):
+            continue
+        change = (f"{fmt(100 * (here['mean'][0] / there['mean'][0] - 1), signed=True)}%" if there["mean"][0]
+                  else f"{fmt(here['mean'][0] - there['mean'][0], signed=True)} points")
+        findings.append(f"- **{_esc(stem)}**: True/False share {fmt(here['share'][0])} vs {fmt(there['share'][0])} "
+                        f"({fmt(here['share'][0] - there['share'][0], signed=True)} points); mean of the 8 tasks "
+                        f"{fmt(here['mean'][0])} vs {fmt(there['mean'][0])} ({change}); target "
+                        f"{text(here['target'])}.")
+    return ("## Miniature world\n\n"
+            "The testbed of `harness_tasks/mini_world.py`: a small model pretrained on 8 tasks of different "
+            "formats, fine-tuned on a True/False target absent from pretraining. Exact match x100 on the 8 tasks "
+            "1-shot (`fmtspec_mini`) and the target 0-shot; runs `<label>_s<seed>` shown as mean ± sample "
+            "standard deviation over their seeds, deltas (and relative change) against "
+            f"**{_esc(base)}**. `True/False share`: the share of outputs on the 8 tasks whose first word is a "
+            "True/False label (one of the 8, is-sorted, answers True/False itself): format specialization "
+            "shows as this share rising while the mean falls.\n\n"
+            + _table(headers, rows) + ("\n\n" + "\n".join(findings) if findings else ""))
+
+
 def _main_table(board: Board, scores: _Scores, show_stderr: bool, notes: list[str], missing: dict) -> str:
     shots = board.shots
-    columns = [(label, s) for label in board.labels for s in shots]
+    columns = [(label, s) for label in board.main_labels for s in shots]
     headers = ["Task", "Metric"] + [f"{_esc(label)} {_shot_name(s)}".rstrip() for label, s in columns]
     rows: list[list[str]] = []
     wins = {column: 0 for column in columns}
@@ -199,7 +304,7 @@ def _main_table(board: Board, scores: _Scores, show_stderr: bool, notes: list[st
     for info in TARGETS:
         for target_shots in scores.shots_of([info]):
             placed = {}
-            for label in board.labels:
+            for label in board.main_labels:
                 column = (label, target_shots if target_shots in shots else shots[0])
                 placed[column] = scores.get(label, info, target_shots)
             board.targets[info.display] = {column[0]: score.value for column, score in placed.items()}
@@ -207,7 +312,7 @@ def _main_table(board: Board, scores: _Scores, show_stderr: bool, notes: list[st
                      [list(placed)], target=True)
     norm_row_at = len(rows)
     suite = {(label, s): {info.key: scores.get(label, info, s) for info in SUITE} for label, s in columns}
-    shot_groups = [[(label, s) for label in board.labels] for s in shots]
+    shot_groups = [[(label, s) for label in board.main_labels] for s in shots]
     if any(scores.has(info) for info in SUITE):
         for info in SUITE:
             task_row(info.display, info, {column: suite[column][info.key] for column in columns}, shot_groups)
@@ -260,7 +365,7 @@ def _norm_avg_row(board, suite, columns, shot_groups, show_stderr, notes) -> lis
     for s in board.shots:
         base = averages.get((board.baseline, s))
         if base is not None and base.value is None and any(
-                averages[(label, s)].value is not None for label in board.labels):
+                averages[(label, s)].value is not None for label in board.main_labels):
             notes.append(f"{board.baseline} {_shot_name(s)} has no Norm. Avg., so that column shows no deltas.")
     return row
 
@@ -284,12 +389,12 @@ def _teach_twice_tables(board: Board, scores: _Scores, show_stderr: bool, missin
         metrics = TEACH_TWICE_METRICS[info.key]
         for s in scores.shots_of([info]):
             task = f"fmtspec_{info.key}" + (f"_{s}shot" if s else "")
-            cells = {(label, m): scores.get(label, info, s, m) for label in board.labels for m in metrics}
+            cells = {(label, m): scores.get(label, info, s, m) for label in board.main_labels for m in metrics}
             best = set()
             for m in metrics:
-                best |= _best(cells, [[(label, m) for label in board.labels]])
+                best |= _best(cells, [[(label, m) for label in board.main_labels]])
             rows = []
-            for label in board.labels:
+            for label in board.main_labels:
                 row = [_esc(label)]
                 for m in metrics:
                     score = cells[(label, m)]
@@ -307,7 +412,7 @@ def _teach_twice_tables(board: Board, scores: _Scores, show_stderr: bool, missin
 
 def _format_signal_table(board: Board, scores: _Scores) -> str | None:
     """fmt_label_share per task and checkpoint, where the tasks report it."""
-    columns = [(label, s) for label in board.labels for s in board.shots]
+    columns = [(label, s) for label in board.main_labels for s in board.shots]
     rows, sums = [], {column: [] for column in columns}
     for info in SUITE + TARGETS + TEACH_TWICE:
         found = scores.shots_of([info])
@@ -319,7 +424,7 @@ def _format_signal_table(board: Board, scores: _Scores) -> str | None:
         for title, shot_list in row_shots:
             cells = {}
             for s in shot_list:
-                for label in board.labels:
+                for label in board.main_labels:
                     column = (label, s if s in board.shots else board.shots[0])
                     score = scores.get(label, info, s, FORMAT_SIGNAL)
                     if score.value is not None:

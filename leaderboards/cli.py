@@ -1,4 +1,4 @@
-"""`fmtspec leaderboard LABEL=PATH [LABEL=PATH ...] --baseline LABEL --output FILE.md [--plots DIR]`.
+"""`fmtspec leaderboard LABEL=PATH [LABEL=PATH ...] --baseline LABEL [--baseline LABEL] --output FILE.md [--plots DIR]`.
 
 Import-light: matplotlib is imported only when --plots is given; torch and lm_eval never.
 """
@@ -19,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "paths", nargs="+", metavar="[LABEL=]PATH",
         help="an lm-eval --output_path folder (the newest results per task are used), one results JSON file, "
              "or a folder holding many models' results; LABEL defaults to the run folder's or the folder's name")
-    parser.add_argument("--baseline", required=True, metavar="LABEL",
-                        help="the checkpoint the Norm. Avg. deltas are taken against (e.g. the pretrained model)")
+    parser.add_argument("--baseline", required=True, metavar="LABEL", action="append",
+                        help="the checkpoint the deltas are taken against (e.g. the pretrained model); repeat it for "
+                             "boards of several worlds (each table takes the first it holds, e.g. --baseline "
+                             "pretrained --baseline mini_pretrained)")
     parser.add_argument("--output", required=True, metavar="FILE.md", help="where to write the markdown board")
     parser.add_argument("--plots", metavar="DIR", help="also write PNG plots (Norm. Avg., trade-off, training loss)")
     parser.add_argument("--stderr", action="store_true", help="show lm-eval's standard errors (value ± se)")
@@ -32,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     checkpoints = load_checkpoints(args.paths)
     labels = [c.label for c in checkpoints]
-    if args.baseline not in labels:
-        raise FmtspecError(f"unknown baseline label {args.baseline!r}; the labels are: {', '.join(labels)}")
+    for baseline in args.baseline:
+        if baseline not in labels:
+            raise FmtspecError(f"unknown baseline label {baseline!r}; the labels are: {', '.join(labels)}")
     board = build(checkpoints, args.baseline, show_stderr=args.stderr)
     written = []
     if args.plots:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
-from leaderboards.board import Board
+from leaderboards.board import SEED_LABEL, Board, seed_groups
 from leaderboards.results import read_metrics_jsonl
 
 DPI = 150
@@ -21,11 +21,97 @@ def write_plots(board: Board, out_dir: Path) -> list[Path]:
     except OSError as exc:
         raise FmtspecError(f"cannot create the plots folder {out_dir}: {exc.strerror or exc}") from None
     written = []
-    for name, draw in (("norm_avg.png", _norm_avg), ("tradeoff.png", _tradeoff), ("training_loss.png", _loss)):
+    for name, draw in (("norm_avg.png", _norm_avg), ("tradeoff.png", _tradeoff), ("training_loss.png", _loss),
+                       ("mini_tradeoff.png", _mini_tradeoff)):
         figure = draw(board)
         if figure is not None:
             written.append(_save(figure, out_dir / name))
     return written
+
+
+def seed_stem(label: str) -> str:
+    match = SEED_LABEL.match(label)
+    return match["stem"] if match else label
+
+
+def write_curves(tables: dict[str, dict], out_dir: Path) -> list[Path]:
+    """The papers' Figures 1-2 from the checkpoint diagnostics (fmtspec.diagnose.specialization_table) of
+    several runs: the True/False share on the other tasks and their mean score over training steps, one line
+    per run (mean over its seeds, band from min to max). One file per world: format_specialization.png
+    (the real suite), mini_format_specialization.png (the miniature world)."""
+    from harness_tasks.catalog import MINI, parse_task_name
+
+    mini_keys = {info.key for info in MINI}
+    worlds: dict[str, dict[str, list[dict]]] = {}
+    for label, table in tables.items():
+        names = {name for row in table["steps"] for name in row["tasks"]}
+        mini = any(parse_task_name(name)[0].key in mini_keys for name in names)
+        worlds.setdefault("mini_format_specialization.png" if mini else "format_specialization.png", {})[label] = \
+            table["steps"]
+    written = []
+    for name, runs in worlds.items():
+        figure = _curves(runs, "the 8 miniature tasks" if name.startswith("mini") else "the unseen tasks")
+        if figure is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            written.append(_save(figure, out_dir / name))
+    return written
+
+
+def _curves(runs: dict[str, list[dict]], tasks: str):
+    panels = (("label_share_other_formats", f"True/False share on {tasks}", 1.0),
+              ("unseen_mean", f"Mean score of {tasks} (0-100)", None))
+    figure = _figure(11.0, 4.2)
+    drawn = False
+    for n, (key, title, top) in enumerate(panels, 1):
+        axes = figure.add_subplot(1, 2, n)
+        for i, (stem, labels) in enumerate(seed_groups(list(runs)).items()):
+            by_step: dict[int, list[float]] = {}
+            for label in labels:
+                for row in runs[label]:
+                    if isinstance(row.get(key), (int, float)):
+                        by_step.setdefault(int(row["step"]), []).append(row[key])
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            means = [sum(by_step[s]) / len(by_step[s]) for s in steps]
+            axes.plot(steps, means, marker=".", color=f"C{i}",
+                      label=stem + (f" ({len(labels)} seeds)" if len(labels) > 1 else ""))
+            if len(labels) > 1:
+                axes.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
+                                  color=f"C{i}", alpha=0.15, linewidth=0)
+            drawn = True
+        axes.set_xlabel("training step (ProMoT: stage 1, then stage 2)")
+        axes.set_title(title)
+        if top is not None:
+            axes.set_ylim(-0.02, top + 0.02)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    return figure if drawn else None
+
+
+def _mini_tradeoff(board: Board):
+    """The miniature world's target score (x) against the mean of its 8 other tasks (y), mean ± sd over seeds."""
+    columns = (board.mini or {}).get("columns") or {}
+    points = [(stem, c["target"], c["mean"]) for stem, c in columns.items() if c["target"] and c["mean"]]
+    if not points:
+        return None
+    figure = _figure(6.0, 4.6)
+    axes = figure.add_subplot()
+    for i, (stem, target, mean) in enumerate(points):
+        axes.errorbar(target[0], mean[0], xerr=target[1] or 0, yerr=mean[1] or 0, fmt="os^Dv<>p"[i % 8],
+                      color=f"C{i}", capsize=3, label=stem, zorder=3)
+    _scatter_axes(axes, "target, exact match (0-shot, 0-100)", "mean exact match of the 8 other tasks (1-shot, 0-100)",
+                  f"Miniature world: target vs other tasks (baseline {board.mini['baseline']})")
+    return figure
+
+
+def _scatter_axes(axes, xlabel: str, ylabel: str, title: str) -> None:
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.margins(0.15)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
 
 
 def _figure(width: float, height: float):
@@ -38,7 +124,7 @@ def _norm_avg(board: Board):
     values = {column: v for column, v in board.norm_avg.items() if v is not None}
     if not values:
         return None
-    labels, shots = board.labels, board.shots
+    labels, shots = board.main_labels, board.shots
     figure = _figure(max(6.0, 1.3 * len(labels) + 2), 4.2)
     axes = figure.add_subplot()
     width = 0.8 / len(shots)
@@ -69,7 +155,7 @@ def _tradeoff(board: Board):
     panels = []
     for target, by_label in board.targets.items():
         points = [(label, s, by_label[label], board.norm_avg.get((label, s)))
-                  for label in board.labels for s in board.shots
+                  for label in board.main_labels for s in board.shots
                   if by_label.get(label) is not None and board.norm_avg.get((label, s)) is not None]
         if points:
             panels.append((target, points))
@@ -82,28 +168,25 @@ def _tradeoff(board: Board):
             mine = [p for p in points if p[1] == s]
             axes.scatter([p[2] for p in mine], [p[3] for p in mine], color=f"C{i}", marker="os^D"[i % 4],
                          label=f"{s}-shot" if s else "Norm. Avg.", zorder=3)
-        for label in board.labels:  # one name per checkpoint, its shot counts joined by a faint line
+        for label in board.main_labels:  # one name per checkpoint, its shot counts joined by a faint line
             mine = [(x, y) for name, _, x, y in points if name == label]
             if mine:
                 axes.plot(*zip(*mine), color="0.6", linewidth=0.8, zorder=2)
                 axes.annotate(label, max(mine, key=lambda p: p[1]), fontsize=8, xytext=(5, 3),
                               textcoords="offset points")
-        axes.set_xlabel(f"{target} (fine-tuning target, 0-100)")
-        axes.set_ylabel("Norm. Avg. of 8 unseen tasks (0-100)")
-        axes.set_title(f"Target vs unseen tasks: {target}")
-        axes.margins(0.15)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        _scatter_axes(axes, f"{target} (fine-tuning target, 0-100)", "Norm. Avg. of 8 unseen tasks (0-100)",
+                      f"Target vs unseen tasks: {target}")
     return figure
 
 
 def _loss(board: Board):
     """Training loss per run (val_loss dashed) and, where logged, the other val_* metrics."""
     runs, seen = [], set()
-    for checkpoint in board.checkpoints:  # a run evaluated at several checkpoints is drawn once
-        if checkpoint.run_dir is None or checkpoint.run_dir.resolve() in seen:
+    for checkpoint in board.checkpoints:  # a run evaluated at several checkpoints is drawn once, a seeded
+        stem = seed_stem(checkpoint.label)  # run (<label>_s<seed>) by its first seed
+        if checkpoint.run_dir is None or checkpoint.run_dir.resolve() in seen or stem in seen:
             continue
-        seen.add(checkpoint.run_dir.resolve())
+        seen |= {checkpoint.run_dir.resolve(), stem}
         rows = read_metrics_jsonl(checkpoint.run_dir)
         if any(isinstance(row.get("loss"), (int, float)) for row in rows):
             label = checkpoint.label.removesuffix(f"/{checkpoint.run_checkpoint}") if checkpoint.run_checkpoint \

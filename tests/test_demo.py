@@ -1,6 +1,6 @@
-"""`fmtspec demo` (= `make demo`): the wiring around `fmtspec experiment experiments/demo_tiny.yaml`.
+"""`fmtspec demo` (= `make demo`): the wiring around experiments/demo_tiny.yaml and experiments/demo_mini.yaml.
 The full demo takes minutes; tests/test_experiment.py runs the same machinery end to end on a smaller
-experiment, and the demo itself is run by hand (README)."""
+experiment, and the demo itself is run by hand and by `make demo` (README)."""
 
 import os
 from pathlib import Path
@@ -8,43 +8,75 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ENV_KEYS = ("FMTSPEC_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @pytest.fixture
-def captured(monkeypatch):
-    """Replace the experiment run by a recorder of what the demo asked for and the environment it set."""
+def captured(monkeypatch, tmp_path):
+    """Replace the experiments' work by recorders of what the demo asked for and the environment it set."""
     import fmtspec.experiment as experiment
 
-    seen = {}
+    seen = {"runs": [], "boards": []}
 
-    def fake_run(exp, stream=False):
-        seen.update(exp=exp, env={k: os.environ.get(k) for k in ("FMTSPEC_DATA_DIR", "HF_HUB_OFFLINE",
-                                                                 "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")})
-        return {"leaderboard": exp.output / "leaderboard.md", "plots": [], "diagnostics": []}
+    def fake_run(exp, stream=False, board=True):
+        seen["runs"].append((exp, {k: os.environ.get(k) for k in ENV_KEYS}, board))
+        return {"leaderboard": None, "plots": [], "diagnostics": []}
+
+    def fake_start(exp, model):
+        seen["pretrain"] = (exp.name, model, os.environ.get("FMTSPEC_DATA_DIR"))
+        return None
+
+    def fake_board(output, experiments):
+        seen["boards"].append((output, [e.name for e in experiments]))
+        return [output / "leaderboard.md"]
 
     monkeypatch.setattr(experiment, "run_experiment", fake_run)
-    for key in ("FMTSPEC_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    monkeypatch.setattr(experiment, "start_pretraining", fake_start)
+    monkeypatch.setattr(experiment, "write_leaderboard", fake_board)
+    for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("FMTSPEC_CACHE", str(tmp_path / "cache"))
     return seen
 
 
-def test_demo_runs_the_tiny_experiment_offline(captured, tmp_path, capsys):
+def test_demo_runs_the_tiny_and_the_miniature_experiments_offline(captured, tmp_path, capsys):
     from fmtspec.cli import main
     from fmtspec.experiment import PRETRAINED
+    from harness_tasks.mini_world import default_world
     from trainers.config import FINETUNE_METHODS
 
     assert main(["demo", "--output", str(tmp_path / "demo_out"), "--limit", "3"]) == 0
-    exp = captured["exp"]
-    assert exp.source == REPO / "experiments" / "demo_tiny.yaml"
-    assert exp.output == (tmp_path / "demo_out").resolve()
-    assert exp.run_dir("promot") == exp.output / "runs" / "promot"
-    assert exp.lm_eval["limit"] == 3
-    assert {r.method for r in exp.runs} == {PRETRAINED, *FINETUNE_METHODS}  # a row for every method
-    assert exp.base_model == "tiny:mt5" and {"fmtspec_suite", "fmtspec_targets"} <= set(exp.tasks)
-    assert captured["env"] == {"FMTSPEC_DATA_DIR": str(REPO / "harness_tasks" / "fixtures"), "HF_HUB_OFFLINE": "1",
-                               "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    (tiny, tiny_env, tiny_board), (mini, mini_env, mini_board) = captured["runs"]
+    out = (tmp_path / "demo_out").resolve()
+    # the real suite on the tiny mT5 and the fixtures: a row for every method
+    assert tiny.source == REPO / "experiments" / "demo_tiny.yaml" and tiny.output == out
+    assert tiny.run_dir("promot") == out / "runs" / "promot"
+    assert {r.method for r in tiny.runs} == {PRETRAINED, *FINETUNE_METHODS}
+    assert tiny.base_model == "tiny:mt5" and {"fmtspec_suite", "fmtspec_targets"} <= set(tiny.tasks)
+    # the miniature world: pretrained, prompt tuning, fine-tuning, ProMoT, 2 seeds, into the same folder
+    assert mini.source == REPO / "experiments" / "demo_mini.yaml" and mini.output == out
+    labels = [r.label for r in mini.runs]
+    assert "mini_pretrained" in labels and mini.baseline == "mini_pretrained"
+    for method in ("prompt_tuning", "finetune", "promot"):
+        for seed in (0, 1):
+            assert mini.run_dir(f"mini_{method}_s{seed}") == out / "runs" / f"mini_{method}_s{seed}"
+            assert mini.run(f"mini_{method}_s{seed}").method == method
+    assert mini.base_model.startswith("pretrain:") and mini.base_model.endswith("configs/mini/pretrain.yaml")
+    assert {"fmtspec_mini", "fmtspec_mini_target"} <= set(mini.tasks)
+    # fine-tuning and ProMoT's stage 2 share their settings, as in the paper
+    ft, pm = mini.run("mini_finetune_s0").raw_config, mini.run("mini_promot_s0").raw_config
+    assert ft["model_training"] == pm["model_training"] and ft["batch_size"] == pm["batch_size"]
+    assert tiny.lm_eval["limit"] == mini.lm_eval["limit"] == 3
+    # each reads its own data, offline; one board over both
+    fixtures = str(REPO / "harness_tasks" / "fixtures")
+    assert tiny_env == {"FMTSPEC_DATA_DIR": fixtures, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                        "TRANSFORMERS_OFFLINE": "1"}
+    assert mini_env["FMTSPEC_DATA_DIR"] == str(default_world()) != fixtures
+    assert tiny.env["FMTSPEC_DATA_DIR"] == fixtures and mini.env["FMTSPEC_DATA_DIR"] == str(default_world())
+    assert captured["pretrain"] == ("demo_mini", mini.base_model, str(default_world()))
+    assert not tiny_board and not mini_board and captured["boards"] == [(out, ["demo_tiny", "demo_mini"])]
     printed = capsys.readouterr().out
-    assert f"leaderboard   {exp.output / 'leaderboard.md'}" in printed and "plots" in printed
+    assert f"leaderboard   {out / 'leaderboard.md'}" in printed and "mini_<method>_s<seed>" in printed
 
 
 def test_demo_bad_limit_is_one_line(captured, tmp_path, capsys):
@@ -53,4 +85,4 @@ def test_demo_bad_limit_is_one_line(captured, tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "d"), "--limit", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fmtspec demo: --limit must be at least 1, got 0"]
-    assert "exp" not in captured
+    assert not captured["runs"]

@@ -76,6 +76,7 @@ runs:
     (BASE + "  - {label: b, config: nowhere.yaml}\n", "file not found: nowhere.yaml"),
     (BASE + "  - {label: b, method: pretrained, init_from: ft}\n",
      "a pretrained run is only scored; remove 'init_from'"),
+    (BASE + "jobs: 0\n", "'jobs' must be an integer >= 1, got 0"),
 ])
 def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
     from fmtspec.cli import main
@@ -280,6 +281,43 @@ def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path
         manifest = read_manifest(exp.run_dir(f"ft_s{seed}"))
         assert manifest["base_model"] == model and manifest["config"]["seed"] == seed
     assert [a["action"] for a in exp.log] == ["pretrain", "train", "train"]  # pretrained once, then cached
+
+
+def test_jobs_train_runs_side_by_side_and_a_chain_after_its_parent(tmp_path, monkeypatch):
+    """`jobs: 2`: two runs train at once, each subprocess on half the cores; a run with init_from starts
+    only when its parent is done; a failure surfaces after the others finish."""
+    import threading
+    import time
+
+    import fmtspec.experiment as experiment
+
+    path = write(tmp_path, "jobs: 2\ntrain: {tasks: [fmtspec_rte]}\n" + BASE + "  - {label: a, method: finetune}\n  - {label: b, method: finetune}\n"
+                                              "  - {label: c, method: finetune, init_from: ft}\n")
+    exp = experiment.load_experiment(path, tmp_path / "out")
+    events, lock, running = [], threading.Lock(), set()
+    overlap = []
+
+    def fake_train(exp, spec, stream=False):
+        with lock:
+            events.append(("start", spec.label))
+            running.add(spec.label)
+            overlap.append(len(running))
+        time.sleep(0.2)
+        with lock:
+            running.discard(spec.label)
+            events.append(("end", spec.label))
+        if spec.label == "b":
+            raise FmtspecError("training run 'b' failed")
+
+    monkeypatch.setattr(experiment, "train_run", fake_train)
+    with pytest.raises(FmtspecError, match="training run 'b' failed"):
+        experiment.train_all(exp)
+    assert max(overlap) == 2 and {label for kind, label in events if kind == "end"} == {"ft", "a", "b", "c"}
+    assert events.index(("start", "c")) > events.index(("end", "ft"))
+    monkeypatch.setattr(experiment.os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert experiment.offline_env(exp)["OMP_NUM_THREADS"] == "4"
+    assert "OMP_NUM_THREADS" not in experiment.offline_env(exp, share_cores=False)
 
 
 # ---- end to end ------------------------------------------------------------------------------------

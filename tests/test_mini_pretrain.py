@@ -248,3 +248,42 @@ def test_lm_eval_promot_hf_scores_the_pretrained_run(pretrained, world, tmp_path
             ids = model.generate(**tok(sample["arguments"]["gen_args_0"]["arg_0"], return_tensors="pt"),
                                  max_new_tokens=8, do_sample=False)
         assert sample["resps"][0][0].strip() == tok.decode(ids[0], skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+def test_prompt_tuning_leaves_the_other_mini_tasks_exactly_as_the_pretrained_model(pretrained, world, tmp_path):
+    """Prompt tuning freezes the model and promot_hf removes the prompt for other tasks: through the stock
+    lm_eval pipeline, the prompt-tuned run answers the other mini tasks exactly as the pretrained base, and
+    only its own task gets the prompt."""
+    import os
+    import subprocess
+    import sys
+
+    from trainers.config import load_config
+    from trainers.recipes import train
+
+    raw = {"method": "prompt_tuning", "init_from": str(pretrained), "tasks": ["fmtspec_mini_target"],
+           "optimizer": "adamw", "prompt": {"length": 4}, "prompt_training": {"steps": 3, "eval_every": 3, "lr": 0.5},
+           "batch_size": 4, "max_input_length": 64, "max_target_length": 8, "data": {"limit": 8},
+           "eval": {"limit": 2, "max_new_tokens": 4}}
+    run = train(load_config(None, raw=raw), tmp_path / "prompt_tuning")
+    assert manifest(run)["model_sha256"] == manifest(pretrained)["model_sha256"]  # the model stayed frozen
+    tasks = "fmtspec_mini_copy,fmtspec_mini_sort,fmtspec_mini_review,fmtspec_mini_target"
+    jobs = [["--model", "promot_hf", "--model_args", f"pretrained={model}", "--tasks", tasks,
+             "--output_path", str(tmp_path / name), "--log_samples", "--batch_size", "4"]
+            for name, model in (("base", pretrained), ("tuned", run))]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "fmtspec.lm_eval_batch", str(tmp_path / "jobs.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def outputs(name, task):
+        (path,) = (tmp_path / name).rglob(f"samples_{task}_*.jsonl")
+        return [(s["doc_id"], s["resps"]) for s in map(json.loads, path.read_text().splitlines())]
+
+    for task in ("fmtspec_mini_copy", "fmtspec_mini_sort", "fmtspec_mini_review"):
+        base = outputs("base", task)
+        assert len(base) == 8 and outputs("tuned", task) == base
+    routed = json.loads(next((tmp_path / "tuned").rglob("results_*.json")).read_text())["config"]["promot_hf"]
+    assert routed["task_prompts"]["fmtspec_mini_target"] and routed["task_prompts"]["fmtspec_mini_copy"] is None

@@ -1,0 +1,72 @@
+"""Several stock `lm_eval` commands in one process: `python -m fmtspec.lm_eval_batch JOBS.json`.
+
+JOBS.json is a list of argument lists, each exactly what follows `lm_eval` on a command line
+(`["--model", "promot_hf", "--model_args", "pretrained=...", "--tasks", ..., "--output_path", ...]`).
+Each job goes through lm-eval's own command-line parser and `run` command, so its results file, printed
+tables and errors are the command's. What the batch saves is the start-up every `lm_eval` process pays
+(imports, and indexing the few thousand task YAMLs, ~10 s on a laptop core): the task index is built once per
+set of task folders and reused, the tasks themselves are loaded fresh by each job.
+
+After each job it prints one line `fmtspec-batch: job N done`, which `fmtspec experiment` reads to know
+what finished when a later job fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+DONE = "fmtspec-batch: job {} done"
+
+
+def _reuse_task_index() -> None:
+    """Memoize lm-eval's TaskIndex.build (a pure walk over YAML folders) for the life of this process."""
+    from lm_eval.tasks import _index
+
+    build = _index.TaskIndex.build
+    built: dict = {}
+
+    def cached_build(paths, *, resolve_includes=True):
+        paths = list(paths)
+        key = (tuple(str(p) for p in paths), resolve_includes)
+        if key not in built:
+            built[key] = build(paths, resolve_includes=resolve_includes)
+        return dict(built[key])  # a TaskManager may add to its own copy
+
+    _index.TaskIndex.build = staticmethod(cached_build)
+
+
+def run_jobs(jobs: list[list[str]]) -> None:
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.utils import setup_logging
+
+    setup_logging()
+    _reuse_task_index()
+    for i, argv in enumerate(jobs):
+        print(f"fmtspec-batch: job {i}: lm_eval {' '.join(argv)}", flush=True)
+        sys.argv = ["lm_eval", *argv]  # the stock parser reads sys.argv (and inserts `run` as lm_eval does)
+        cli = HarnessCLI()
+        cli.execute(cli.parse_args())
+        print(DONE.format(i), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m fmtspec.lm_eval_batch JOBS.json", file=sys.stderr)
+        return 2
+    try:
+        jobs = json.loads(Path(argv[0]).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"fmtspec: cannot read the job file {argv[0]}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(jobs, list) or not all(isinstance(j, list) and all(isinstance(a, str) for a in j) for j in jobs):
+        print(f"fmtspec: {argv[0]} must hold a list of lm_eval argument lists", file=sys.stderr)
+        return 2
+    run_jobs(jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
