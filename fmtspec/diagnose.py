@@ -27,10 +27,11 @@ from fmtspec.errors import FmtspecError
 MODULES = ("mlp", "q", "k", "v")
 # Parameter names (inside one layer) of each module, for T5/mT5, Llama-style and GPT-2 models.
 MODULE_PATTERNS = {
-    "mlp": (r"DenseReluDense\.\w+\.weight$", r"(^|\.)mlp\.\w+\.weight$"),
-    "q": (r"SelfAttention\.q\.weight$", r"self_attn\.q_proj\.weight$", r"attn\.q_proj\.weight$"),
-    "k": (r"SelfAttention\.k\.weight$", r"self_attn\.k_proj\.weight$", r"attn\.k_proj\.weight$"),
-    "v": (r"SelfAttention\.v\.weight$", r"self_attn\.v_proj\.weight$", r"attn\.v_proj\.weight$"),
+    # T5 DenseReluDense, Llama/GPT-2 mlp, BART fc1/fc2; self-attention only (BART's encoder_attn is not)
+    "mlp": (r"DenseReluDense\.\w+\.weight$", r"(^|\.)mlp\.\w+\.weight$", r"^fc[12]\.weight$"),
+    "q": (r"SelfAttention\.q\.weight$", r"(^|\.)self_attn\.q_proj\.weight$", r"(^|\.)attn\.q_proj\.weight$"),
+    "k": (r"SelfAttention\.k\.weight$", r"(^|\.)self_attn\.k_proj\.weight$", r"(^|\.)attn\.k_proj\.weight$"),
+    "v": (r"SelfAttention\.v\.weight$", r"(^|\.)self_attn\.v_proj\.weight$", r"(^|\.)attn\.v_proj\.weight$"),
 }
 FUSED_QKV = r"attn\.c_attn\.weight$"  # GPT-2's Conv1D [d, 3d]: Q, K, V side by side in its columns
 STACK = re.compile(r"^(?P<stack>(?:.*\.)?(?:block|layers|h))\.(?P<index>\d+)\.")
@@ -187,7 +188,7 @@ def layer_modules(model, layer: str = "decoder:-1") -> dict[str, list[tuple[str,
     missing = [m for m in MODULES if not modules[m]]
     if missing:
         raise FmtspecError(f"layer {prefix.rstrip('.')} has no {', '.join(missing)} weights that fmtspec knows "
-                           "(T5/mT5, Llama-style and GPT-2 layers are supported)")
+                           "(T5/mT5, BART, Llama-style and GPT-2 layers are supported)")
     return modules
 
 

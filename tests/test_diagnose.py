@@ -102,7 +102,7 @@ def test_alignment_matches_a_direct_autograd_computation(run_dir, tmp_path):
     assert written[1].read_bytes()[:8] == PNG
 
 
-def test_layer_modules_of_each_architecture(tiny_models):
+def test_layer_modules_of_each_architecture(tiny_models, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -126,6 +126,14 @@ def test_layer_modules_of_each_architecture(tiny_models):
     fused = torch.autograd.grad(loss, [gpt2.transformer.h[1].attn.c_attn.weight], retain_graph=True)[0]
     grads = module_gradients(loss, mods)
     assert torch.equal(grads["k"], fused[:, 64:128].reshape(-1))
+    # BART (the miniature world): fc1/fc2, and the decoder's self-attention, not its encoder_attn
+    from fmtspec.tiny_models import build_tiny_model
+
+    bart = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_model("bart", tmp_path / "bart"))
+    mods = layer_modules(bart, "decoder:-1")
+    last = f"model.decoder.layers.{bart.config.decoder_layers - 1}"
+    assert [n for n, _, _ in mods["q"]] == [f"{last}.self_attn.q_proj.weight"]
+    assert sorted(n for n, _, _ in mods["mlp"]) == [f"{last}.fc1.weight", f"{last}.fc2.weight"]
     with pytest.raises(FmtspecError, match="the decoder has layers 0..1"):
         layer_modules(gpt2, "decoder:5")
     with pytest.raises(FmtspecError, match="no single encoder stack"):

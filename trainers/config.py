@@ -50,6 +50,8 @@ SCHEMA: dict = {
                    help="task names, or [{name, weight}] / {name: weight} for a mixture"),
     "preset": Field(str, None, help="seed-001 presets, see PRESETS"),
     "seed": Field(int, 0),
+    "threads": Field(int, None, help="CPU threads of torch in this process (null: torch's default); the miniature "
+                                     "base pins 1, so its weights do not depend on the machine's core count"),
     "init_from": Field(str, None, help="RUN_DIR of an earlier run: start from its final model (teach twice)"),
     "sentinel": Field((bool, str), "auto", help="end T5 inputs with <extra_id_0> (auto: when the tokenizer has it)"),
     "shots": Field(int, 0, (0, 1), help="prepend a random k-shot example of the same task to every input"),
@@ -291,6 +293,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
 
 
 def _check_consistency(config: dict) -> None:
+    if config["threads"] is not None and config["threads"] < 1:
+        raise FmtspecError(f"config key 'threads' must be at least 1 (or null), got {config['threads']}")
     if isinstance(config["sentinel"], str) and config["sentinel"] != "auto":
         raise FmtspecError(f"config key 'sentinel' is {config['sentinel']!r}; choose one of true, false, auto")
     if not config["model"] and not config["init_from"]:

@@ -159,6 +159,10 @@ def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
     """Train `config` into the run folder `output` and return it."""
     run_dir = Path(output)
     rf.check_output(run_dir, resume)
+    if config["threads"]:
+        import torch
+
+        torch.set_num_threads(config["threads"])  # float sums, hence the weights, depend on the thread count
     start_model, parent, chain = resolve_start(config)
     saved_config = run_dir / rf.CONFIG_FILE
     with single_process_env():
