@@ -18,6 +18,8 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
       - {label: twice, config: ..., init_from: finetune}     # a chain: starts from finetune's model
       - {label: ft, method: finetune, seeds: [0, 1, 2]}     # runs ft_s0, ft_s1, ft_s2 (config key seed: N);
                                        # an init_from naming seeded runs starts each seed from its own
+      - {label: pm, method: promot, stage1_from: pt}        # ProMoT whose stage 1 is prompt_tuning run pt's
+                                       # prompt (not trained again)
     alignment: {runs: [finetune], steps: [0, final], layer: "decoder:-1", batches: 4, batch_size: 8}
     launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train
     jobs: 2                            # runs trained at once, each on cores/jobs CPU threads (default 1);
@@ -62,7 +64,8 @@ PRETRAIN_PREFIX = "pretrain:"  # base_model: pretrain:<config> pretrains (once, 
 
 TOP_KEYS = ("name", "output", "base_model", "tasks", "checkpoint_tasks", "baseline", "lm_eval", "train", "runs",
             "alignment", "launcher", "jobs")
-RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "checkpoints", "seeds")
+RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "stage1_from", "checkpoints", "seeds")
+RUN_LINKS = ("init_from", "stage1_from")  # run keys that name an earlier run
 LM_EVAL_KEYS = ("batch_size", "limit", "gen_kwargs", "device", "model_args")
 ALIGNMENT_KEYS = ("runs", "steps", "layer", "task", "batches", "batch_size", "seed")
 
@@ -75,6 +78,7 @@ class RunSpec:
     raw_config: dict | None  # the merged training config (None for pretrained runs)
     init_from: str | None
     checkpoints: str  # "final" | "all"
+    stage1_from: str | None = None
 
 
 @dataclass
@@ -200,7 +204,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         method = item.get("method")
         model = _pretrain_base(item["model"], source) if item.get("model") else base_model
         if method == PRETRAINED:
-            for key in ("config", "train", "init_from"):
+            for key in ("config", "train", *RUN_LINKS):
                 if key in item:
                     raise FmtspecError(f"{source}: {where}: a pretrained run is only scored; remove '{key}'")
             if not model:
@@ -235,11 +239,18 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
                 raise FmtspecError(f"{source}: {where}: init_from '{parent}' is a pretrained run; "
                                    "start from base_model instead")
             raw["init_from"] = str(out / "runs" / parent)
+        stage1 = item.get("stage1_from")
+        if stage1 is not None:
+            if stage1 not in labels[:-1] or next(r for r in runs if r.label == stage1).method != "prompt_tuning":
+                known = [r.label for r in runs if r.method == "prompt_tuning"]
+                raise FmtspecError(f"{source}: {where}: stage1_from '{stage1}' is not the label of an earlier "
+                                   f"prompt_tuning run{_closest(stage1, known)}")
+            raw["stage1_from"] = str(out / "runs" / stage1)
         try:
             config = load_config(None, raw=raw)
         except FmtspecError as exc:
             raise FmtspecError(f"{source}: {where}: {exc}") from None
-        runs.append(RunSpec(label, config["method"], raw.get("model"), raw, parent, checkpoints))
+        runs.append(RunSpec(label, config["method"], raw.get("model"), raw, parent, checkpoints, stage1))
 
     baseline = data.get("baseline", PRETRAINED)
     if baseline not in labels:
@@ -262,16 +273,16 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
 
 def _expand_seeds(items: list, source: Path):
     """(index, run) of every run, a run with `seeds: [0, 1, 2]` as one run per seed: label `<label>_s<seed>`,
-    config key `seed` set; an `init_from` naming such a run starts each seed from its own seed's run."""
+    config key `seed` set; an `init_from` (`stage1_from`) naming such a run takes each seed's own run."""
     seeded: set[str] = set()
     for i, item in enumerate(items):
         where = f"runs[{i}]"
         _check_keys(item, RUN_KEYS, where, source)
         if "seeds" not in item:
-            if item.get("init_from") in seeded:
-                raise FmtspecError(f"{source}: {where}: init_from '{item['init_from']}' has seeds; give this run "
-                                   "the same seeds, or name one seed's run (e.g. "
-                                   f"'{item['init_from']}_s0')")
+            for key in RUN_LINKS:
+                if item.get(key) in seeded:
+                    raise FmtspecError(f"{source}: {where}: {key} '{item[key]}' has seeds; give this run the same "
+                                       f"seeds, or name one seed's run (e.g. '{item[key]}_s0')")
             yield i, item
             continue
         label, seeds = item.get("label"), item["seeds"]
@@ -289,8 +300,9 @@ def _expand_seeds(items: list, source: Path):
             run = {k: v for k, v in item.items() if k != "seeds"}
             run["label"] = f"{label}_s{seed}"
             run["train"] = {**(item.get("train") or {}), "seed": seed}
-            if item.get("init_from") in seeded:
-                run["init_from"] = f"{item['init_from']}_s{seed}"
+            for key in RUN_LINKS:
+                if item.get(key) in seeded:
+                    run[key] = f"{item[key]}_s{seed}"
             yield i, run
 
 
@@ -822,8 +834,9 @@ def train_all(exp: Experiment, stream: bool = False) -> None:
     futures: dict = {}
 
     def train_after_parent(spec: RunSpec) -> None:
-        if spec.init_from:  # submitted earlier, so already running or done: no deadlock
-            futures[spec.init_from].result()
+        for parent in (spec.init_from, spec.stage1_from):
+            if parent:  # submitted earlier, so already running or done: no deadlock
+                futures[parent].result()
         train_run(exp, spec, stream)
 
     with ThreadPoolExecutor(exp.jobs) as pool:

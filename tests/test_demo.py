@@ -63,9 +63,13 @@ def test_demo_runs_the_tiny_and_the_miniature_experiments_offline(captured, tmp_
             assert mini.run(f"mini_{method}_s{seed}").method == method
     assert mini.base_model.startswith("pretrain:") and mini.base_model.endswith("configs/mini/pretrain.yaml")
     assert {"fmtspec_mini", "fmtspec_mini_target"} <= set(mini.tasks)
-    # fine-tuning and ProMoT's stage 2 share their settings, as in the paper
+    # fine-tuning and ProMoT's stage 2 share their settings, as in the paper; ProMoT's stage 1 is the
+    # prompt-tuning run of its seed (the same training, not done twice)
     ft, pm = mini.run("mini_finetune_s0").raw_config, mini.run("mini_promot_s0").raw_config
     assert ft["model_training"] == pm["model_training"] and ft["batch_size"] == pm["batch_size"]
+    for seed in (0, 1):
+        assert mini.run(f"mini_promot_s{seed}").raw_config["stage1_from"] == str(out / "runs" /
+                                                                                f"mini_prompt_tuning_s{seed}")
     assert tiny.lm_eval["limit"] == mini.lm_eval["limit"] == 3
     # each reads its own data, offline; one board over both
     fixtures = str(REPO / "harness_tasks" / "fixtures")

@@ -77,6 +77,8 @@ runs:
     (BASE + "  - {label: b, method: pretrained, init_from: ft}\n",
      "a pretrained run is only scored; remove 'init_from'"),
     (BASE + "jobs: 0\n", "'jobs' must be an integer >= 1, got 0"),
+    (BASE + "  - {label: b, method: promot, stage1_from: ft}\n",
+     "stage1_from 'ft' is not the label of an earlier prompt_tuning run"),
 ])
 def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
     from fmtspec.cli import main

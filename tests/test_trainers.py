@@ -185,6 +185,30 @@ def test_promot_stage2_keeps_the_chosen_prompt_and_changes_the_model(train_tiny,
     assert m["config_hash"] and m["config"]["method"] == "promot" and m["parent"] is None
 
 
+def test_promot_stage1_from_a_prompt_tuning_run(train_tiny, tiny_models):
+    """ProMoT whose stage 1 is a prompt-tuning run's chosen prompt: only stage 2 trains, with that prompt
+    frozen and attached; a run that does not match (another prompt length) is refused in one line."""
+    import torch
+
+    from trainers.config import load_config
+    from trainers.recipes import train
+
+    tuned = train_tiny("prompt_tuning")
+    run = train_tiny("promot", f"stage1_from={tuned}")
+    m = manifest(run)
+    stage1, stage2 = m["stages"]
+    assert stage1["from"] == str(tuned) and stage1["steps"] == 0 and stage1["chosen"] == manifest(tuned)["checkpoint"]
+    assert stage2["trains"] == ["model"] and m["steps"] == stage2["steps"] == 4
+    assert sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir()) == [2, 4]
+    assert torch.equal(prompt(run / "soft_prompt"), prompt(tuned / "soft_prompt"))
+    assert weights_differ(tiny_models["mt5"], run / "model")
+    other = load_config(TINY / "promot.yaml", [f"model={tiny_models['mt5']}", f"stage1_from={tuned}", "prompt.length=6"])
+    with pytest.raises(FmtspecError, match=r"stage1_from .*: its prompt has 4 vectors, this run's 6$"):
+        train(other, tuned.parent / "mismatch")
+    with pytest.raises(FmtspecError, match="'stage1_from' reuses a prompt-tuning run as ProMoT's stage 1"):
+        load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}", f"stage1_from={tuned}"])
+
+
 def test_promot_run_folder_layout_and_metrics(train_tiny):
     run = train_tiny("promot")
     steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").iterdir())

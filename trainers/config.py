@@ -58,6 +58,8 @@ SCHEMA: dict = {
     "shots_share": Field(float, 1.0, nullable=False,
                          help="the share of training inputs that get the `shots` demonstrations (e.g. 0.25)"),
     "stage1": Field(str, "prompt", ("prompt", "lora"), help="what ProMoT's stage 1 trains"),
+    "stage1_from": Field(str, None, help="ProMoT: RUN_DIR of a prompt_tuning run whose chosen prompt is stage 1 "
+                                         "(not trained again; its model, tasks and prompt length must match)"),
     "prompt": {
         "length": Field(int, 100, nullable=False),
         "init": Field(str, "uniform", ("uniform", "vocab", "text")),
@@ -293,6 +295,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
 
 
 def _check_consistency(config: dict) -> None:
+    if config["stage1_from"] and (config["method"] != "promot" or config["stage1"] != "prompt"):
+        raise FmtspecError("config key 'stage1_from' reuses a prompt-tuning run as ProMoT's stage 1: it needs "
+                           "method: promot with stage1: prompt")
     if config["threads"] is not None and config["threads"] < 1:
         raise FmtspecError(f"config key 'threads' must be at least 1 (or null), got {config['threads']}")
     if isinstance(config["sentinel"], str) and config["sentinel"] != "auto":

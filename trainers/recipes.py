@@ -199,6 +199,9 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
     torch.manual_seed(config["seed"] + 104729 * rank())  # each process its own dropout draws
     stages = plan(config, n_examples)
     results = []
+    if config["stage1_from"]:  # ProMoT's stage 1 is that prompt-tuning run's chosen prompt
+        results.append(reuse_stage1(trainer, config, start_model))
+        stages = stages[1:]
     for stage in stages:
         state = None
         if resume_from is not None:
@@ -216,6 +219,31 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
                         "lr": stage.lr, "chosen": result.chosen})
         trainer.stages_done = results
     finish(trainer, config, run_dir, stages, results, start_model, parent, chain)
+
+
+def reuse_stage1(trainer: Trainer, config: dict, start_model: str) -> dict:
+    """Load the chosen prompt of the prompt_tuning run `stage1_from` as ProMoT's stage 1; its record in run.json."""
+    from fmtspec.run_folder import read_manifest
+
+    source = Path(config["stage1_from"]).resolve()
+    manifest = read_manifest(source)
+    names = [t["name"] for t in config["tasks"]]
+    problems = []
+    if manifest.get("method") != "prompt_tuning":
+        problems.append(f"it is a method: {manifest.get('method')} run, not prompt_tuning")
+    if [t["name"] for t in manifest.get("tasks") or []] != names:
+        problems.append(f"it tuned {[t['name'] for t in manifest.get('tasks') or []]}, this run trains {names}")
+    if (manifest.get("config") or {}).get("prompt", {}).get("length") != config["prompt"]["length"]:
+        problems.append(f"its prompt has {manifest['config']['prompt']['length']} vectors, this run's "
+                        f"{config['prompt']['length']}")
+    if str(manifest.get("base_model")) != str(start_model):
+        problems.append(f"it tuned {manifest.get('base_model')}, this run starts from {start_model}")
+    if problems:
+        raise FmtspecError(f"stage1_from {source}: {'; '.join(problems)}")
+    trainer.load_trained(source, ("prompt",))
+    stage = manifest["stages"][0]
+    return {"stage": 1, "trains": ["prompt"], "steps": 0, "lr": stage.get("lr"), "chosen": manifest["checkpoint"],
+            "from": str(source)}
 
 
 def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start_model, parent, chain) -> None:
