@@ -80,7 +80,7 @@ def _curves(runs: dict[str, list[dict]], tasks: str):
                 axes.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps],
                                   color=f"C{i}", alpha=0.15, linewidth=0)
             drawn = True
-        axes.set_xlabel("training step (ProMoT: stage 1, then stage 2)")
+        axes.set_xlabel("training step (ProMoT: its trained stages, in order)")
         axes.set_title(title)
         if top is not None:
             axes.set_ylim(-0.02, top + 0.02)
@@ -232,6 +232,7 @@ def _save(figure, path: Path) -> Path:
     os.close(fd)
     try:
         figure.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for sharing
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
