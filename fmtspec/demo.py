@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             exp.lm_eval["limit"] = args.limit
     with environment(**mini_env):
         pretraining = start_pretraining(mini, mini.base_model)
-    if pretraining is not None:  # the base trains on its threads, the tiny runs on one
+    if pretraining is not None:  # the base trains on its thread, the tiny runs on the other core
         tiny.env["OMP_NUM_THREADS"] = "1"
     with environment(**tiny_env):
         run_experiment(tiny, stream=args.verbose, board=False)

@@ -125,21 +125,23 @@ def _plot_specialization(table: dict, path: Path, title: str) -> Path:
 
 
 def specialization_for_run(run_dir: Path, tasks: list[str], out_dir: Path, settings: dict) -> list[Path]:
-    """Score each checkpoint of `run_dir` with lm_eval (skipping what is done) and write the diagnostic."""
-    from fmtspec.experiment import checkpoint_view, say, score
+    """Score each checkpoint of `run_dir` with lm_eval (skipping what is done; the rest in one lm_eval
+    process) and write the diagnostic."""
+    from fmtspec.experiment import checkpoint_view, run_scores, say, score_job
     from trainers import run as rf
 
     steps = rf.checkpoint_steps(run_dir)
     if not steps:
         raise FmtspecError(f"{run_dir} has no checkpoints (checkpoints/step-N) to score")
-    steps = [0, *steps]  # 0: the model the run started from
-    points = []
-    for i, step in enumerate(steps, 1):
+    jobs = []
+    for step in [0, *steps]:  # 0: the model the run started from
         view = checkpoint_view(run_dir, step, out_dir / "checkpoints" / f"step-{step}")
-        say(f"score checkpoint step-{step} ({i}/{len(steps)}) on {','.join(tasks)}")
-        results, _ = score({"pretrained": str(view)}, tasks, view / "lm_eval", settings,
-                           out_dir / "logs" / f"step-{step}.lm_eval.log", newer_than=run_dir / "run.json")
-        points.append((step, results))
+        jobs.append((step, score_job({"pretrained": str(view)}, tasks, view / "lm_eval", settings,
+                                     out_dir / "logs" / f"step-{step}.lm_eval.log",
+                                     what=f"lm_eval on checkpoint step-{step}", newer_than=run_dir / "run.json")))
+    say(f"score {sum(job.results is None for _, job in jobs)} of {len(jobs)} checkpoints on {','.join(tasks)}")
+    run_scores([job for _, job in jobs])
+    points = [(step, job.results) for step, job in jobs]
     return write_specialization(specialization_table(points, run_dir), out_dir, Path(run_dir).name)
 
 

@@ -438,9 +438,7 @@ def pretrained_base(exp: Experiment, model: str) -> str:
 
     if model not in exp.bases:
         pending = start_pretraining(exp, model)
-        if pending is not None:
-            finish_pretraining(exp, pending)
-        run_dir = cached_base_dir(model)
+        run_dir = finish_pretraining(exp, pending) if pending else cached_base_dir(model)
         exp.bases[model] = model_path(run_dir, read_manifest(run_dir))
     return exp.bases[model]
 
@@ -466,14 +464,15 @@ def start_pretraining(exp: Experiment, model: str) -> tuple | None:
     say(f"pretraining the base {config} into {folder} (log: {log})")
     proc = start_logged([sys.executable, "-m", "fmtspec", "train", config, "--cached"], log,
                         offline_env(exp, share_cores=False))  # one process: every core
-    return proc, log, model, time.time()
+    return proc, log, model, folder, time.time()
 
 
-def finish_pretraining(exp: Experiment, pending: tuple, stream: bool = False) -> None:
-    proc, log, model, started = pending
+def finish_pretraining(exp: Experiment, pending: tuple, stream: bool = False) -> Path:
+    proc, log, model, folder, started = pending
     finish_logged(proc, log, f"pretraining the base {model[len(PRETRAIN_PREFIX):]}", stream)
-    record(exp, "pretrain", model, seconds=round(time.time() - started, 1), run=str(cached_base_dir(model)))
+    record(exp, "pretrain", model, seconds=round(time.time() - started, 1), run=str(folder))
     say(f"pretrained base: done in {time.time() - started:.0f} s")
+    return folder
 
 
 def _first_difference(a, b, where: str = "") -> str:
@@ -591,15 +590,11 @@ def run_scores(jobs: list[ScoreJob], workers: int = 1, env: dict | None = None, 
     """Run the jobs not done yet, in `workers` processes of `python -m fmtspec.lm_eval_batch` (each pays
     lm_eval's start-up once); every job's output goes to its own log. Raises on the first failure, after
     marking what finished."""
-    pending = [job for job in jobs if job.results is None]
-    chunks = [pending[i::workers] for i in range(workers) if pending[i::workers]]
-    if len(chunks) <= 1:
-        for chunk in chunks:
-            _run_batch(chunk, env, stream)
-        return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(len(chunks)) as pool:
+    pending = [job for job in jobs if job.results is None]
+    chunks = [pending[i::workers] for i in range(workers) if pending[i::workers]]
+    with ThreadPoolExecutor(max(1, len(chunks))) as pool:
         for future in [pool.submit(_run_batch, chunk, env, stream) for chunk in chunks]:
             future.result()
 
@@ -655,15 +650,6 @@ def _run_batch(jobs: list[ScoreJob], env: dict | None, stream: bool) -> None:
 
 def _results_files(folder: Path) -> set[Path]:
     return set(folder.rglob("results_*.json")) if folder.is_dir() else set()
-
-
-def score(model_args: dict, tasks: list[str], out_dir: Path, settings: dict, log: Path, *,
-          newer_than: Path | None = None, stream: bool = False) -> tuple[Path, bool]:
-    """Score one model now (see score_job); returns (results file, whether lm_eval ran)."""
-    job = score_job(model_args, tasks, out_dir, settings, log, what=f"lm_eval on {model_args.get('pretrained')}",
-                    newer_than=newer_than)
-    run_scores([job], stream=stream)
-    return job.results, job.ran
 
 
 def _finished_score(marker: Path, key: dict, tasks: list[str], newer_than: Path | None) -> Path | None:

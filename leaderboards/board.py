@@ -185,12 +185,17 @@ def _header(board: Board, generated: datetime | None, baselines: list[str]) -> s
 SEED_LABEL = re.compile(r"^(?P<stem>.+)_s(?P<seed>\d+)$")
 
 
+def seed_stem(label: str) -> str:
+    """`finetune_s2` -> `finetune`: the run of a seeded label (other labels are their own)."""
+    match = SEED_LABEL.match(label)
+    return match["stem"] if match else label
+
+
 def seed_groups(labels: list[str]) -> dict[str, list[str]]:
     """Labels grouped by run: `finetune_s0`, `finetune_s1` -> {"finetune": [both]}; other labels alone."""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        match = SEED_LABEL.match(label)
-        groups.setdefault(match["stem"] if match else label, []).append(label)
+        groups.setdefault(seed_stem(label), []).append(label)
     return groups
 
 

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
-from leaderboards.board import SEED_LABEL, Board, seed_groups
+from leaderboards.board import Board, seed_groups, seed_stem
 from leaderboards.results import read_metrics_jsonl
 
 DPI = 150
@@ -27,11 +27,6 @@ def write_plots(board: Board, out_dir: Path) -> list[Path]:
         if figure is not None:
             written.append(_save(figure, out_dir / name))
     return written
-
-
-def seed_stem(label: str) -> str:
-    match = SEED_LABEL.match(label)
-    return match["stem"] if match else label
 
 
 def write_curves(tables: dict[str, dict], out_dir: Path) -> list[Path]:

@@ -205,6 +205,7 @@ def test_promot_stage1_from_a_prompt_tuning_run(train_tiny, tiny_models):
     other = load_config(TINY / "promot.yaml", [f"model={tiny_models['mt5']}", f"stage1_from={tuned}", "prompt.length=6"])
     with pytest.raises(FmtspecError, match=r"stage1_from .*: its prompt has 4 vectors, this run's 6$"):
         train(other, tuned.parent / "mismatch")
+    assert not (tuned.parent / "mismatch").exists()  # refused before the run folder is touched
     with pytest.raises(FmtspecError, match="'stage1_from' reuses a prompt-tuning run as ProMoT's stage 1"):
         load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}", f"stage1_from={tuned}"])
 

@@ -164,6 +164,8 @@ def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
 
         torch.set_num_threads(config["threads"])  # float sums, hence the weights, depend on the thread count
     start_model, parent, chain = resolve_start(config)
+    if config["stage1_from"]:
+        check_stage1_source(config, start_model)  # before the run folder is touched
     saved_config = run_dir / rf.CONFIG_FILE
     with single_process_env():
         init_distributed()
@@ -200,7 +202,7 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
     stages = plan(config, n_examples)
     results = []
     if config["stage1_from"]:  # ProMoT's stage 1 is that prompt-tuning run's chosen prompt
-        results.append(reuse_stage1(trainer, config, start_model))
+        results.append(reuse_stage1(trainer, config))
         stages = stages[1:]
     for stage in stages:
         state = None
@@ -221,29 +223,37 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
     finish(trainer, config, run_dir, stages, results, start_model, parent, chain)
 
 
-def reuse_stage1(trainer: Trainer, config: dict, start_model: str) -> dict:
-    """Load the chosen prompt of the prompt_tuning run `stage1_from` as ProMoT's stage 1; its record in run.json."""
+def check_stage1_source(config: dict, start_model: str) -> None:
+    """`stage1_from` must be a finished prompt_tuning run of the same model, tasks and prompt length."""
     from fmtspec.run_folder import read_manifest
 
     source = Path(config["stage1_from"]).resolve()
     manifest = read_manifest(source)
     names = [t["name"] for t in config["tasks"]]
+    tuned = [t["name"] for t in manifest.get("tasks") or []]
+    length = (manifest.get("config") or {}).get("prompt", {}).get("length")
     problems = []
     if manifest.get("method") != "prompt_tuning":
         problems.append(f"it is a method: {manifest.get('method')} run, not prompt_tuning")
-    if [t["name"] for t in manifest.get("tasks") or []] != names:
-        problems.append(f"it tuned {[t['name'] for t in manifest.get('tasks') or []]}, this run trains {names}")
-    if (manifest.get("config") or {}).get("prompt", {}).get("length") != config["prompt"]["length"]:
-        problems.append(f"its prompt has {manifest['config']['prompt']['length']} vectors, this run's "
-                        f"{config['prompt']['length']}")
+    if tuned != names:
+        problems.append(f"it tuned {tuned}, this run trains {names}")
+    if length != config["prompt"]["length"]:
+        problems.append(f"its prompt has {length} vectors, this run's {config['prompt']['length']}")
     if str(manifest.get("base_model")) != str(start_model):
         problems.append(f"it tuned {manifest.get('base_model')}, this run starts from {start_model}")
     if problems:
         raise FmtspecError(f"stage1_from {source}: {'; '.join(problems)}")
+
+
+def reuse_stage1(trainer: Trainer, config: dict) -> dict:
+    """Load the chosen prompt of the prompt_tuning run `stage1_from` as ProMoT's stage 1; its record in run.json."""
+    from fmtspec.run_folder import read_manifest
+
+    source = Path(config["stage1_from"]).resolve()
+    manifest = read_manifest(source)
     trainer.load_trained(source, ("prompt",))
-    stage = manifest["stages"][0]
-    return {"stage": 1, "trains": ["prompt"], "steps": 0, "lr": stage.get("lr"), "chosen": manifest["checkpoint"],
-            "from": str(source)}
+    return {"stage": 1, "trains": ["prompt"], "steps": 0, "lr": manifest["stages"][0].get("lr"),
+            "chosen": manifest["checkpoint"], "from": str(source)}
 
 
 def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start_model, parent, chain) -> None:
