@@ -5,9 +5,9 @@ Two experiments into one folder and one board:
   real tasks, scored on `fmtspec_suite` and `fmtspec_targets` (the plumbing of the real pipeline; a random
   240k-parameter model's scores mean little). Run folders OUTPUT/runs/<label>/.
 - experiments/demo_mini.yaml: the miniature world (harness_tasks/mini_world.py), where format specialization
-  shows: its base pretrained once into $FMTSPEC_CACHE (in the background while the first experiment runs),
-  then prompt tuning, fine-tuning and ProMoT with 2 seeds, scored on `fmtspec_mini` and its target. Run
-  folders OUTPUT/runs/mini_<method>_s<seed>/, the base scored as mini_pretrained.
+  shows: the shipped pretrained base (models/mini_pretrained), then prompt tuning, fine-tuning and ProMoT
+  with 2 seeds, scored on `fmtspec_mini` and its target. Run folders OUTPUT/runs/mini_<method>_s<seed>/,
+  the base scored as mini_pretrained.
 Every score is the stock `lm_eval --model promot_hf`. OUTPUT/leaderboard.md holds both, OUTPUT/plots/ and
 OUTPUT/diagnostics/ the figures. Running it again reuses everything that is finished.
 """
@@ -53,8 +53,8 @@ def environment(**values: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmtspec.experiment import (finish_pretraining, load_experiment, run_experiment, say, start_pretraining,
-                                    write_leaderboard)
+    from fmtspec.experiment import (PRETRAIN_PREFIX, finish_pretraining, load_experiment, run_experiment, say,
+                                    start_pretraining, write_leaderboard)
     from harness_tasks.mini_world import default_world
 
     for path in (DEMO_EXPERIMENT, MINI_EXPERIMENT, FIXTURES):
@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         exp.env.update(env)
         if args.limit is not None:
             exp.lm_eval["limit"] = args.limit
-    with environment(**mini_env):
-        pretraining = start_pretraining(mini, mini.base_model)
+    pretraining = None  # the shipped base needs none; a `pretrain:` base trains while the tiny runs do
+    if mini.base_model.startswith(PRETRAIN_PREFIX):
+        with environment(**mini_env):
+            pretraining = start_pretraining(mini, mini.base_model)
     if pretraining is not None:  # the base trains on its thread, the tiny runs on the other core
         tiny.env["OMP_NUM_THREADS"] = "1"
     with environment(**tiny_env):

@@ -3,9 +3,11 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
 
     name: rte_mt5_xxl
     base_model: google/mt5-xxl         # every run starts from it, replacing its config's `model` (a run's
-                                       # `model:` wins); `tiny:mt5` builds a tiny offline model;
+                                       # `model:` wins); a folder is found as written, beside this file
+                                       # or in the checkout (models/mini_pretrained/model, the shipped
+                                       # miniature base); `tiny:mt5` builds a tiny offline model;
                                        # `pretrain:CONFIG.yaml` the model of that `method: pretrain` run,
-                                       # trained once into $FMTSPEC_CACHE (trainers.pretrain.cached_base)
+                                       # shipped or trained once into $FMTSPEC_CACHE (trainers.pretrain)
     tasks: [fmtspec_rte, fmtspec_suite]  # what lm_eval scores for each run
     checkpoint_tasks: [fmtspec_suite_1shot]  # what it scores on each intermediate checkpoint (default: tasks)
     baseline: pretrained               # the label the leaderboard's deltas are taken against
@@ -185,7 +187,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         raise FmtspecError(f"{source}: 'train' must be a mapping of training config keys")
     if not isinstance(data["runs"], list):
         raise FmtspecError(f"{source}: 'runs' must be a list of {{label, method or config, ...}}")
-    base_model = _pretrain_base(base_model, source) if base_model else base_model
+    base_model = _locate_model(base_model, source) if base_model else base_model
 
     runs: list[RunSpec] = []
     labels: list[str] = []
@@ -202,7 +204,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         if checkpoints not in ("final", "all"):
             raise FmtspecError(f"{source}: {where}: checkpoints is {checkpoints!r}; choose final or all")
         method = item.get("method")
-        model = _pretrain_base(item["model"], source) if item.get("model") else base_model
+        model = _locate_model(item["model"], source) if item.get("model") else base_model
         if method == PRETRAINED:
             for key in ("config", "train", *RUN_LINKS):
                 if key in item:
@@ -306,13 +308,16 @@ def _expand_seeds(items: list, source: Path):
             yield i, run
 
 
-def _pretrain_base(model, source: Path):
-    """`pretrain:CONFIG.yaml` with the config found (as a run's `config:`) and checked as a pretraining run;
-    it is trained (or found in the cache) only when a run needs it (`resolve_model`)."""
+def _locate_model(model, source: Path):
+    """`pretrain:CONFIG.yaml` with the config found (as a run's `config:`) and checked as a pretraining run
+    (it is trained, or found shipped or cached, only when a run needs it: `resolve_model`); a model folder
+    found as `_find_model_folder` finds it."""
     from trainers.config import load_config
 
-    if not isinstance(model, str) or not model.startswith(PRETRAIN_PREFIX):
+    if not isinstance(model, str) or model.startswith(TINY_PREFIX):
         return model
+    if not model.startswith(PRETRAIN_PREFIX):
+        return _find_model_folder(model, source)
     path = _find_config(model[len(PRETRAIN_PREFIX):], source)
     try:
         config = load_config(path)
@@ -322,6 +327,17 @@ def _pretrain_base(model, source: Path):
         raise FmtspecError(f"{source}: {model} is a method: {config['method']} config; a pretrained base needs "
                            "method: pretrain")
     return PRETRAIN_PREFIX + str(path)
+
+
+def _find_model_folder(model: str, source: Path) -> str:
+    """A model folder as written, else beside the experiment file, else in the fmtspec checkout (the shipped
+    `models/mini_pretrained/model`), as an absolute path; anything else is a hub id, passed on as is."""
+    if Path(model).is_absolute():
+        return model
+    for candidate in (Path.cwd() / model, source.parent / model, REPO / model):
+        if candidate.is_dir():
+            return os.path.abspath(candidate)
+    return model
 
 
 def _launcher(value, source: Path) -> list[str] | None:
@@ -432,37 +448,39 @@ def resolve_model(exp: Experiment, model: str | None) -> str | None:
 
 
 def pretrained_base(exp: Experiment, model: str) -> str:
-    """The model folder of the `pretrain:<config>` base (trainers.pretrain.cached_base: keyed by the config
-    and the data, so the base is pretrained once for every run and every later experiment)."""
+    """The model folder of the `pretrain:<config>` base (trainers.pretrain.cached_base: the shipped base, or
+    one keyed by the config and the data, so the base is pretrained once for every run and later experiment)."""
     from fmtspec.run_folder import model_path, read_manifest
+    from trainers.pretrain import find_base
 
     if model not in exp.bases:
         pending = start_pretraining(exp, model)
-        run_dir = finish_pretraining(exp, pending) if pending else cached_base_dir(model)
+        run_dir = finish_pretraining(exp, pending) if pending else find_base(_base_config(model))
         exp.bases[model] = model_path(run_dir, read_manifest(run_dir))
     return exp.bases[model]
 
 
-def cached_base_dir(model: str) -> Path:
+def _base_config(model: str) -> dict:
     from trainers.config import load_config
-    from trainers.pretrain import cache_key, cache_root
 
-    return cache_root() / cache_key(load_config(Path(model[len(PRETRAIN_PREFIX):])))
+    return load_config(Path(model[len(PRETRAIN_PREFIX):]))
 
 
 def start_pretraining(exp: Experiment, model: str) -> tuple | None:
-    """Start `fmtspec train CONFIG --cached` in the background unless the base is in the cache; hand the
-    result to finish_pretraining. (The demo trains the base while its other experiment runs.)"""
-    from fmtspec.run_folder import is_run_folder
+    """Start `fmtspec train CONFIG --cached` in the background unless the base is shipped or cached; hand
+    the result to finish_pretraining."""
+    from trainers.pretrain import cache_key, cache_root, find_base
 
-    folder = cached_base_dir(model)
-    if is_run_folder(folder):
-        say(f"pretrained base (cached): {folder}")
+    config = _base_config(model)
+    found = find_base(config)
+    if found is not None:
+        say(f"pretrained base: {found}")
         return None
-    config = model[len(PRETRAIN_PREFIX):]
+    folder = cache_root() / cache_key(config)
+    config_file = model[len(PRETRAIN_PREFIX):]
     log = exp.output / "logs" / "pretrain.log"
-    say(f"pretraining the base {config} into {folder} (log: {log})")
-    proc = start_logged([sys.executable, "-m", "fmtspec", "train", config, "--cached"], log,
+    say(f"pretraining the base {config_file} into {folder} (log: {log})")
+    proc = start_logged([sys.executable, "-m", "fmtspec", "train", config_file, "--cached"], log,
                         offline_env(exp, share_cores=False))  # one process: every core
     return proc, log, model, folder, time.time()
 

@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)
-
 # Tests never reach the hub: a code path that tries to download fails loudly instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Tiny models run far faster on one thread than on two busy ones; subprocesses (lm_eval) inherit this.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tiny models run far faster on one thread than on two busy ones. OMP_NUM_THREADS=2 runs the suite on two
+# (other float sums: the suite must pass either way); this process and its subprocesses (lm_eval, trainers)
+# use the same count, so what one computes and the other reads back is computed alike.
+torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "harness_tasks" / "fixtures"

@@ -170,7 +170,7 @@ def test_launcher_trains_through_the_given_command(tmp_path, monkeypatch):
 
 
 def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
-    """experiments/mini.yaml: the base pretrained from scratch, each method (and the 1-shot variants) with 3
+    """experiments/mini.yaml: the shipped pretrained base, each method (and the 1-shot variants) with 3
     seeds, fine-tuning and ProMoT's stage 2 with the same lr, steps and batch, scored on the mini tasks."""
     from collections import Counter
 
@@ -178,7 +178,7 @@ def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
     from trainers.config import FINETUNE_METHODS, load_config
 
     exp = load_experiment(REPO / "experiments" / "mini.yaml", tmp_path / "mini")
-    assert exp.base_model == f"pretrain:{REPO / 'configs' / 'mini' / 'pretrain.yaml'}"
+    assert exp.base_model == str(REPO / "models" / "mini_pretrained" / "model")
     assert set(exp.tasks) == {"fmtspec_mini", "fmtspec_mini_target"}
     groups = Counter(r.label.rsplit("_s", 1)[0] for r in exp.runs)
     assert groups == {"pretrained": 1, "prompt_tuning": 3, "finetune": 3, "promot": 3, "finetune_1shot": 3,

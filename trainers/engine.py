@@ -56,6 +56,12 @@ def init_distributed() -> None:
 
     if torch.cuda.is_available():  # NCCL collectives before deepspeed.initialize need the process's own GPU
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if get_accelerator().device_name() == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One CPU process shares memory with nobody: skip DeepSpeed's shared-memory all-reduce op, which its
+        # CPU backend otherwise JIT-compiles (a C++ build of a minute or more) on a machine's first run.
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed(verbose=False)
 
 

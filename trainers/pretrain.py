@@ -14,6 +14,12 @@ later runs and a `pretrained=` of `lm_eval --model promot_hf`.
 `cached_base(config)` trains it once per config: the run folder goes to `$FMTSPEC_CACHE/mini_base/<hash>`
 (default ~/.cache/fmtspec), the hash covering the config, the built architecture, the vocabulary and the
 bytes of the data it reads, so a second demo finds it and does not pretrain again.
+
+The base of `configs/mini/pretrain.yaml` on the default world ships with the checkout (`models/mini_pretrained`,
+a run folder without checkpoints): its `shipped.json` records the cache key it was trained under, and
+`cached_base` returns it for that key instead of pretraining. Float sums (hence the weights, and at 2,000 steps
+whether the 1-shot skills have emerged) differ between CPUs and library versions, so a base trained on each
+machine would differ; the shipped one is the same everywhere. `make mini-base` trains it again.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from fmtspec.errors import FmtspecError
 from trainers.config import SCRATCH_PREFIX, config_hash, is_scratch
 
 CACHE_SUBDIR = "mini_base"
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "mini_pretrained"
+SHIPPED_RECORD = "shipped.json"  # {"cache_key": ..., "model_safetensors_sha256": ..., "trained_with": {...}}
 # config key -> BartConfig attribute(s) it sets
 ARCHITECTURE_KEYS = {
     "d_model": ("d_model",),
@@ -111,9 +119,31 @@ def cache_root() -> Path:
     return cache_dir() / CACHE_SUBDIR
 
 
+def shipped_base(key: str) -> Path | None:
+    """The checkout's shipped base when it was trained under cache key `key`, else None."""
+    record = SHIPPED_BASE / SHIPPED_RECORD
+    try:
+        shipped = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return SHIPPED_BASE if isinstance(shipped, dict) and shipped.get("cache_key") == key else None
+
+
+def find_base(config: dict) -> Path | None:
+    """The run folder of `config`'s pretraining if it exists already: shipped, else in the cache."""
+    from fmtspec.run_folder import is_run_folder
+
+    key = cache_key(config)
+    if shipped_base(key) is not None:
+        return SHIPPED_BASE
+    folder = cache_root() / key
+    return folder if is_run_folder(folder) else None
+
+
 def cached_base(config: dict, *, log=print) -> Path:
-    """The run folder of `config`'s pretraining: found in the cache, or trained into it (a private
-    temporary folder renamed into place when complete, so concurrent callers never see half a run)."""
+    """The run folder of `config`'s pretraining: the shipped base or one in the cache, else trained into the
+    cache (a private temporary folder renamed into place when complete, so concurrent callers never see half
+    a run)."""
     from fmtspec.run_folder import is_run_folder
     from trainers.recipes import train
 
@@ -121,7 +151,11 @@ def cached_base(config: dict, *, log=print) -> Path:
         raise FmtspecError(f"a cached base is a method: pretrain run, not {config['method']}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise FmtspecError("a cached base is trained in one process; run it without a launcher")
-    folder = cache_root() / cache_key(config)
+    key = cache_key(config)
+    if shipped_base(key) is not None:
+        log(f"pretrained base (shipped): {SHIPPED_BASE}")
+        return SHIPPED_BASE
+    folder = cache_root() / key
     if is_run_folder(folder):
         log(f"pretrained base (cached): {folder}")
         return folder
@@ -156,3 +190,78 @@ def _remove_abandoned(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except PermissionError:  # alive, another user's
             pass
+
+
+def ship_base(run_dir: str | Path, dest: Path = SHIPPED_BASE) -> Path:
+    """Make the finished pretraining run `run_dir` the checkout's shipped base: its run.json, metrics and
+    model/ (no checkpoints), plus shipped.json with the cache key and the versions it was trained with.
+    Written beside `dest` and swapped in, so an interrupted call leaves the old base whole."""
+    import platform
+
+    import torch
+    import transformers
+
+    from fmtspec.run_folder import read_manifest
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    if manifest.get("method") != "pretrain":
+        raise FmtspecError(f"{run_dir} is a method: {manifest.get('method')} run, not a pretraining run")
+    model = run_dir / (manifest.get("model") or "model")
+    record = {
+        "cache_key": cache_key(manifest["config"]),
+        "model_safetensors_sha256": hashlib.sha256((model / "model.safetensors").read_bytes()).hexdigest(),
+        "model_sha256": manifest.get("model_sha256"),
+        "validation_score": (manifest.get("checkpoint") or {}).get("value"),
+        "trained_with": {"python": platform.python_version(), "torch": torch.__version__,
+                         "transformers": transformers.__version__, "cpu": _cpu_name(),
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                         "threads": manifest["config"].get("threads")},
+    }
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model, tmp / "model")
+    for name in ("run.json", "metrics.jsonl"):
+        shutil.copy2(run_dir / name, tmp / name)
+    if (dest / "README.md").is_file():  # the model card is written by hand
+        shutil.copy2(dest / "README.md", tmp / "README.md")
+    (tmp / SHIPPED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    old = dest.parent / f".old-{dest.name}-{os.getpid()}"
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m trainers.pretrain",
+                                     description="Make a finished `fmtspec train configs/mini/pretrain.yaml` run "
+                                                 "the shipped miniature base (models/mini_pretrained).")
+    parser.add_argument("--ship", metavar="RUN_DIR", required=True, help="the finished pretraining run folder")
+    args = parser.parse_args(argv)
+    try:
+        print(f"shipped base: {ship_base(args.ship)}")
+    except FmtspecError as exc:
+        print(f"fmtspec: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
