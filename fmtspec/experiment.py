@@ -309,9 +309,9 @@ def _expand_seeds(items: list, source: Path):
 
 
 def _locate_model(model, source: Path):
-    """`pretrain:CONFIG.yaml` with the config found (as a run's `config:`) and checked as a pretraining run
-    (it is trained, or found shipped or cached, only when a run needs it: `resolve_model`); a model folder
-    found as `_find_model_folder` finds it."""
+    """A `base_model` / run `model` as the runs will use it: `pretrain:CONFIG.yaml` with the config found (as a
+    run's `config:`) and checked as a pretraining run (trained, or found shipped or cached, only when a run
+    needs it: `resolve_model`); a local model folder as an absolute path; `tiny:` and hub ids as written."""
     from trainers.config import load_config
 
     if not isinstance(model, str) or model.startswith(TINY_PREFIX):

@@ -151,14 +151,11 @@ def cached_base(config: dict, *, log=print) -> Path:
         raise FmtspecError(f"a cached base is a method: pretrain run, not {config['method']}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise FmtspecError("a cached base is trained in one process; run it without a launcher")
-    key = cache_key(config)
-    if shipped_base(key) is not None:
-        log(f"pretrained base (shipped): {SHIPPED_BASE}")
-        return SHIPPED_BASE
-    folder = cache_root() / key
-    if is_run_folder(folder):
-        log(f"pretrained base (cached): {folder}")
-        return folder
+    found = find_base(config)
+    if found is not None:
+        log(f"pretrained base ({'shipped' if found == SHIPPED_BASE else 'cached'}): {found}")
+        return found
+    folder = cache_root() / cache_key(config)
     tmp = folder.parent / f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}"
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
