@@ -143,8 +143,13 @@ def test_reference_comparison_tolerates_near_ties_only():
 def test_a_one_process_cpu_run_compiles_no_deepspeed_op(tmp_path):
     """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op (a minute of C++ on a new machine):
     one process needs none."""
+    import socket
+
+    with socket.socket() as free:  # a port no other test run on this machine holds
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     code = ("import os; os.environ.update(WORLD_SIZE='1', RANK='0', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1', "
-            "MASTER_PORT='29533'); from trainers.engine import init_distributed; init_distributed(); "
+            f"MASTER_PORT='{port}'); from trainers.engine import init_distributed; init_distributed(); "
             "import deepspeed.ops; print('shm', deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'])")
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
