@@ -140,9 +140,14 @@ def _task_list(value, where: str, source: Path) -> list[str]:
     return [t.strip() for t in value]
 
 
+def _candidates(path: str, source: Path) -> list[Path]:
+    """Where a relative path of an experiment file is looked for: as written, beside the file, in the checkout."""
+    return [Path(path)] if Path(path).is_absolute() else [Path.cwd() / path, source.parent / path, REPO / path]
+
+
 def _find_config(path: str, source: Path) -> Path:
-    """A run's `config:` as written, else beside the experiment file, else in the fmtspec checkout."""
-    candidates = [Path(path)] if Path(path).is_absolute() else [Path.cwd() / path, source.parent / path, REPO / path]
+    """A run's `config:` (or a launcher script), found in `_candidates` order."""
+    candidates = _candidates(path, source)
     for candidate in candidates:
         if candidate.is_file():
             return Path(os.path.abspath(candidate))  # not resolve(): a venv's python is a symlink
@@ -330,14 +335,10 @@ def _locate_model(model, source: Path):
 
 
 def _find_model_folder(model: str, source: Path) -> str:
-    """A model folder as written, else beside the experiment file, else in the fmtspec checkout (the shipped
-    `models/mini_pretrained/model`), as an absolute path; anything else is a hub id, passed on as is."""
-    if Path(model).is_absolute():
-        return model
-    for candidate in (Path.cwd() / model, source.parent / model, REPO / model):
-        if candidate.is_dir():
-            return os.path.abspath(candidate)
-    return model
+    """A model folder found in `_candidates` order (the checkout holds the shipped `models/mini_pretrained/model`),
+    as an absolute path; anything else is a hub id, passed on as is."""
+    folder = next((c for c in _candidates(model, source) if c.is_dir()), None)
+    return model if folder is None else os.path.abspath(folder)
 
 
 def _launcher(value, source: Path) -> list[str] | None:
@@ -454,7 +455,7 @@ def pretrained_base(exp: Experiment, model: str) -> str:
     from trainers.pretrain import find_base
 
     if model not in exp.bases:
-        pending = start_pretraining(exp, model)
+        pending = start_pretraining(exp, model)  # None when the base is shipped or cached
         run_dir = finish_pretraining(exp, pending) if pending else find_base(_base_config(model))
         exp.bases[model] = model_path(run_dir, read_manifest(run_dir))
     return exp.bases[model]

@@ -1,6 +1,7 @@
 """promot_hf through lm-eval itself, checked against stock `hf`, `hf` with `peft=`, and the plain definition of
-greedy decoding (tests/greedy_reference.py: full forward passes, no cache), on the tiny T5, mT5 and Llama. Tasks: tests/assets/promot_hf/ (one
-loglikelihood task in the RTE format, one generate_until task in the QA format, on local jsonl)."""
+greedy decoding (tests/greedy_reference.py: full forward passes, no cache), on the tiny T5, mT5 and Llama.
+Tasks: tests/assets/promot_hf/ (one loglikelihood task in the RTE format, one generate_until task in the QA
+format, on local jsonl)."""
 
 from __future__ import annotations
 
@@ -126,9 +127,8 @@ def test_stock_hf_seq2seq_overruns_max_gen_toks(tiny_models, task_manager):
 
 def reference(model_dir, adapter, contexts, max_new, sentinel=False):
     """([greedy_reference.Greedy per context], decode): the contexts encoded as the tokenizer encodes them,
-    the prompt read from the PEFT folder's own file (the encoder rows come first), a LoRA adapter by PEFT."""
+    the prompt read from the PEFT folder's own file (the encoder rows come first)."""
     import transformers
-    from peft import PeftModel
     from safetensors.torch import load_file
 
     tok = transformers.AutoTokenizer.from_pretrained(model_dir)
@@ -137,12 +137,8 @@ def reference(model_dir, adapter, contexts, max_new, sentinel=False):
     model = auto.from_pretrained(model_dir).eval()
     prompt = None
     if adapter is not None:
-        adapter_config = json.loads((Path(adapter) / "adapter_config.json").read_text())
-        if adapter_config["peft_type"] == "LORA":
-            model = PeftModel.from_pretrained(model, str(adapter)).eval()
-        else:
-            n = adapter_config["num_virtual_tokens"]
-            prompt = load_file(str(Path(adapter) / "adapter_model.safetensors"))["prompt_embeddings"][:n]
+        n = json.loads((Path(adapter) / "adapter_config.json").read_text())["num_virtual_tokens"]
+        prompt = load_file(str(Path(adapter) / "adapter_model.safetensors"))["prompt_embeddings"][:n]
     refs = []
     for context in contexts:
         ids = tok(context).input_ids

@@ -119,14 +119,13 @@ def cache_root() -> Path:
     return cache_dir() / CACHE_SUBDIR
 
 
-def shipped_base(key: str) -> Path | None:
-    """The checkout's shipped base when it was trained under cache key `key`, else None."""
-    record = SHIPPED_BASE / SHIPPED_RECORD
+def _shipped_key() -> str | None:
+    """The cache key the checkout's shipped base was trained under (None without a readable record)."""
     try:
-        shipped = json.loads(record.read_text())
+        record = json.loads((SHIPPED_BASE / SHIPPED_RECORD).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return SHIPPED_BASE if isinstance(shipped, dict) and shipped.get("cache_key") == key else None
+    return record.get("cache_key") if isinstance(record, dict) else None
 
 
 def find_base(config: dict) -> Path | None:
@@ -134,7 +133,7 @@ def find_base(config: dict) -> Path | None:
     from fmtspec.run_folder import is_run_folder
 
     key = cache_key(config)
-    if shipped_base(key) is not None:
+    if _shipped_key() == key:
         return SHIPPED_BASE
     folder = cache_root() / key
     return folder if is_run_folder(folder) else None
@@ -199,6 +198,7 @@ def ship_base(run_dir: str | Path, dest: Path = SHIPPED_BASE) -> Path:
     import transformers
 
     from fmtspec.run_folder import read_manifest
+    from trainers.run import atomic_folder
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -215,19 +215,13 @@ def ship_base(run_dir: str | Path, dest: Path = SHIPPED_BASE) -> Path:
                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                          "threads": manifest["config"].get("threads")},
     }
-    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model, tmp / "model")
-    for name in ("run.json", "metrics.jsonl"):
-        shutil.copy2(run_dir / name, tmp / name)
-    if (dest / "README.md").is_file():  # the model card is written by hand
-        shutil.copy2(dest / "README.md", tmp / "README.md")
-    (tmp / SHIPPED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    old = dest.parent / f".old-{dest.name}-{os.getpid()}"
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(model, tmp / "model")
+        for name in ("run.json", "metrics.jsonl"):
+            shutil.copy2(run_dir / name, tmp / name)
+        if (dest / "README.md").is_file():  # the model card is written by hand
+            shutil.copy2(dest / "README.md", tmp / "README.md")
+        (tmp / SHIPPED_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dest
 
 
