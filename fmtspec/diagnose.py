@@ -287,8 +287,13 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
     if batches < 1 or batch_size < 2:
         raise FmtspecError("gradient alignment needs batches >= 1 and batch_size >= 2 (targets are shuffled "
                            "across the batch)")
+    from transformers import AutoTokenizer
+
+    from fmtspec.run_folder import tokenizer_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(run_dir, manifest))  # as training cut articles
     examples = render_examples(task, config["data"]["split"], shots=config["shots"], seed=config["seed"],
-                               limit=config["data"]["limit"])
+                               limit=config["data"]["limit"], tokenizer=tokenizer)
     plan = alignment_batches(len(examples), batches, batch_size, seed)
     result = {"run": str(run_dir), "task": task, "layer": layer, "batches": batches, "batch_size": batch_size,
               "seed": seed, "modules": list(MODULES), "plan": plan, "steps": []}

@@ -58,6 +58,19 @@ def model_path(run_dir: str | Path, manifest: dict) -> str:
     return manifest["base_model"]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model")
+
+
+def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
+    """Where the run's tokenizer is: beside its weights, else its base model's (a trainer's model/ folder
+    may hold weights only)."""
+    weights = model_path(run_dir, manifest)
+    path = Path(weights)
+    if not path.is_dir() or any((path / name).is_file() for name in TOKENIZER_FILES):
+        return weights
+    return manifest["base_model"]
+
+
 def prompt_paths(run_dir: str | Path, manifest: dict) -> dict[str, Path]:
     """{task name or glob pattern: absolute prompt folder}."""
     return {task: Path(run_dir) / rel for task, rel in (manifest.get("prompts") or {}).items()}

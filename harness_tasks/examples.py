@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fmtspec.errors import FmtspecError
 from harness_tasks import catalog
 from harness_tasks.data import DATA, load_split
-from harness_tasks.formats import FORMATS
+from harness_tasks.formats import FORMATS, cut_articles
 from harness_tasks.metrics import aggregate, process_results
 
 DEFAULT_SEED = 1234  # lm-eval's default --fewshot_random_seed
@@ -40,11 +40,13 @@ def task_key(task: str) -> str:
         raise FmtspecError(f"unknown fmtspec task {task!r}; known: {', '.join(catalog.ALL_TASKS)}") from None
 
 
-def load_docs(task: str, split: str, limit: int | None = None) -> list[dict]:
+def load_docs(task: str, split: str, limit: int | None = None, tokenizer=None) -> list[dict]:
     """The records of one split (hub, or `$FMTSPEC_DATA_DIR/<key>/<split>.jsonl`), as the lm-eval task loads
-    them; only the first `limit` are turned into dicts (WMT train splits hold millions)."""
-    rows = load_split(task_key(task), split)
-    return list(rows if limit is None else rows.select(range(min(limit, len(rows)))))
+    them for a model with `tokenizer` (summarization articles cut to its tokens, `formats.cut_articles`);
+    only the first `limit` are turned into dicts (WMT train splits hold millions)."""
+    key = task_key(task)
+    rows = load_split(key, split)
+    return cut_articles(key, list(rows if limit is None else rows.select(range(min(limit, len(rows))))), tokenizer)
 
 
 def fewshot_text(key: str, doc: dict) -> str:
@@ -53,8 +55,9 @@ def fewshot_text(key: str, doc: dict) -> str:
 
 
 def render(task: str, split: str = "train", *, shots: int = 0, seed: int = DEFAULT_SEED,
-           limit: int | None = None) -> list[Example]:
-    """Every doc of `split` (the first `limit`) with `shots` demonstrations drawn from the task's few-shot split.
+           limit: int | None = None, tokenizer=None) -> list[Example]:
+    """Every doc of `split` (the first `limit`) with `shots` demonstrations drawn from the task's few-shot split,
+    as lm-eval renders them for a model with `tokenizer` (None: articles cut by words).
 
     Demonstrations are sampled like lm-eval does (one sampler seeded once, drawn doc after doc); when
     `split` is the few-shot split itself, a doc is never its own demonstration.
@@ -65,10 +68,11 @@ def render(task: str, split: str = "train", *, shots: int = 0, seed: int = DEFAU
     if shots < 0:
         raise FmtspecError(f"shots must be >= 0, got {shots}")
     fmt, spec = FORMATS[key], DATA[key]
-    docs = load_docs(task, split, limit)
+    docs = load_docs(task, split, limit, tokenizer)
     sampler = None
     if shots:
-        pool = docs if split == spec.fewshot_split and limit is None else load_docs(task, spec.fewshot_split)
+        pool = docs if split == spec.fewshot_split and limit is None else load_docs(task, spec.fewshot_split,
+                                                                                     tokenizer=tokenizer)
         if len(pool) < shots + (split == spec.fewshot_split):
             raise FmtspecError(f"{task}: {shots}-shot needs more than the {len(pool)} docs of split "
                                f"{spec.fewshot_split!r}")

@@ -7,6 +7,7 @@ lm-eval joins demonstrations as `text + " " + answer`, separated by a blank line
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +15,8 @@ from typing import Callable
 from fmtspec.errors import FmtspecError
 from harness_tasks import mini_world
 
-# Summarization inputs are cut to this many (whitespace-separated) tokens, as in the paper's A.2.4.
+# Summarization inputs are cut to this many tokens of the model's tokenizer: seed 002, section 5.1 ("For
+# summarization, we cut each input to 1024 tokens"). Only the article is cut, never a demonstration.
 SUMMARY_MAX_TOKENS = 1024
 
 NLI_2WAY = "{premise} question: {hypothesis} Is it true or false? answer:"
@@ -35,12 +37,54 @@ class Format:
     doc_to_target: Callable[[dict], str]
     prefix: str | None = None  # the token that starts every example; a second one starts the next example
     choices: tuple[str, ...] = ()  # label tasks: the words the first output word is matched against
+    article: str | None = None  # summarization: the record field cut to SUMMARY_MAX_TOKENS (`cut_articles`)
 
 
-def cut_tokens(text: str, max_tokens: int = SUMMARY_MAX_TOKENS) -> str:
-    """`text` up to its `max_tokens`-th whitespace-separated token (unchanged when shorter)."""
-    match = re.match(r"\s*(?:\S+\s+){%d}" % max_tokens, text)
+def cut_words(text: str, max_words: int = SUMMARY_MAX_TOKENS) -> str:
+    """`text` up to its `max_words`-th whitespace-separated word (unchanged when shorter)."""
+    match = re.match(r"\s*(?:\S+\s+){%d}" % max_words, text)
     return text if match is None else text[: match.end()].rstrip()
+
+
+def cut_to_tokens(texts: list[str], tokenizer, max_tokens: int = SUMMARY_MAX_TOKENS) -> list[str]:
+    """Each text up to the end of its `max_tokens`-th token of `tokenizer` (unchanged when shorter).
+
+    The cut is made in the original string, at the character offset where that token ends, so the
+    text keeps its own spelling (decoding ids would normalize it); tokenizers without offsets decode."""
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    out = []
+    for i, (text, ids) in enumerate(zip(texts, enc["input_ids"], strict=True)):
+        if len(ids) <= max_tokens:
+            out.append(text)
+        elif tokenizer.is_fast:
+            out.append(text[: enc["offset_mapping"][i][max_tokens - 1][1]])
+        else:
+            out.append(tokenizer.decode(ids[:max_tokens]))
+    return out
+
+
+def cut_articles(key: str, docs, tokenizer=None):
+    """`docs` (a `datasets.Dataset`/`DatasetDict` or a list of records) with the article of a summarization
+    task cut to SUMMARY_MAX_TOKENS tokens of the model's `tokenizer`; other tasks' docs are returned as they
+    are. Without a tokenizer (the model is unknown) the article is cut to as many whitespace words."""
+    field = FORMATS[key].article
+    if field is None:
+        return docs
+
+    def cut(batch):
+        texts = batch[field]
+        return {field: cut_to_tokens(texts, tokenizer) if tokenizer is not None else [cut_words(t) for t in texts]}
+
+    if isinstance(docs, list):
+        return [doc | {field: text} for doc, text in zip(docs, cut({field: [d[field] for d in docs]})[field],
+                                                          strict=True)]
+    if isinstance(docs, dict):  # a DatasetDict
+        return type(docs)({split: cut_articles(key, rows, tokenizer) for split, rows in docs.items()})
+    name = "words" if tokenizer is None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    fingerprint = hashlib.sha256(f"{docs._fingerprint}|{name}|{SUMMARY_MAX_TOKENS}".encode()).hexdigest()[:16]
+    # in memory, with a fingerprint of our own: hashing the tokenizer object is slow and not stable
+    return docs.map(cut, batched=True, keep_in_memory=True, load_from_cache_file=False,
+                    new_fingerprint=fingerprint, desc=f"cutting {key} articles to {SUMMARY_MAX_TOKENS} tokens")
 
 
 def one_line(text: str) -> str:
@@ -73,8 +117,8 @@ def _translation(source: str, target: str, name: str, prefix: str = "Translate")
 
 
 def _summary(document: str, summary: str) -> Format:
-    return Format(lambda d: f"Article: {cut_tokens(d[document])} One sentence summary:", lambda d: d[summary],
-                  prefix="Article:")
+    return Format(lambda d: f"Article: {d[document]} One sentence summary:", lambda d: d[summary],
+                  prefix="Article:", article=document)
 
 
 def mcd_labels(doc: dict) -> tuple[str, ...]:

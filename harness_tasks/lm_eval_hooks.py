@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from harness_tasks.data import load_dataset_dict
-from harness_tasks.formats import FORMATS
+from harness_tasks.formats import FORMATS, SUMMARY_MAX_TOKENS, cut_articles
 from harness_tasks.metrics import process_results
+
+log = logging.getLogger(__name__)
 
 
 def bind(key: str):
@@ -13,10 +17,40 @@ def bind(key: str):
     process_results hooks."""
     fmt = FORMATS[key]
 
-    def load(**metadata):  # lm-eval passes --metadata and dataset_kwargs; the data key decides everything
-        return load_dataset_dict(key)
+    def load(**metadata):  # lm-eval passes --model_args and --metadata here (and dataset_kwargs)
+        docs = load_dataset_dict(key)
+        if fmt.article is None:
+            return docs
+        return cut_articles(key, docs, model_tokenizer(metadata, key))
 
     def results(doc, outputs):
         return process_results(key, doc, outputs[0])
 
     return load, fmt.doc_to_text, fmt.doc_to_target, results
+
+
+def model_tokenizer(metadata: dict, key: str):
+    """The tokenizer of the model being scored, found from its `--model_args` (lm-eval merges them into
+    every task's metadata): `tokenizer=`, else `pretrained=` (a fmtspec run folder: the run's tokenizer).
+    None, with a warning, when there is no such argument (a model built in Python) or it cannot be loaded."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    from fmtspec import run_folder
+
+    name = metadata.get("tokenizer") or metadata.get("pretrained")
+    if isinstance(name, PreTrainedTokenizerBase):
+        return name
+    if isinstance(name, str) and run_folder.is_run_folder(name):
+        name = run_folder.tokenizer_path(name, run_folder.read_manifest(name))
+    if isinstance(name, str) and name:
+        kwargs = {"trust_remote_code": True} if str(metadata.get("trust_remote_code")).lower() == "true" else {}
+        if metadata.get("revision") and not metadata.get("tokenizer"):
+            kwargs["revision"] = metadata["revision"]
+        try:
+            return AutoTokenizer.from_pretrained(name, **kwargs)
+        except Exception as exc:  # the model loaded already, so this is rare: say why and cut by words
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("fmtspec_%s: cannot load tokenizer %s (%s)", key, name, reason)
+    log.warning("fmtspec_%s: articles cut to %d whitespace words, not %d tokens of the model's tokenizer: "
+                "give --model_args tokenizer=<name or folder>", key, SUMMARY_MAX_TOKENS, SUMMARY_MAX_TOKENS)
+    return None

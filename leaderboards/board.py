@@ -14,11 +14,13 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from harness_tasks.catalog import MINI, MINI_TARGET, SUITE, TARGETS, TEACH_TWICE, TaskInfo, parse_task_name
+from harness_tasks.catalog import (GROUPS, MINI, MINI_TARGET, SHOTS, SUITE, TARGETS, TEACH_TWICE, TaskInfo,
+                                   parse_task_name)
 from leaderboards.results import Checkpoint, metric_value
 
 MISSING = "—"
 FORMAT_SIGNAL = "fmt_label_share"
+SUITE_GROUPS = [f"fmtspec_suite_{s}shot" for s in SHOTS]  # the groups of one shot count's 8 unseen tasks
 # The teach-twice paper's tables: metric columns per task, in its order.
 TEACH_TWICE_METRICS = {
     "a2t": ("bleu", "rougeL", "rouge1", "rouge2"),
@@ -70,23 +72,55 @@ class Board:
         return [c.label for c in self.checkpoints]
 
 
+def named_shots(name: str) -> int | None:
+    """The shot count a task's name says: its `_<k>shot` suffix, else its YAML's (0; the miniature world's
+    8 tasks 1); a group's where its tasks agree. None for names outside the catalog."""
+    if name in GROUPS:
+        counts = {named_shots(task) for task in GROUPS[name]}
+        return counts.pop() if len(counts) == 1 else None
+    try:
+        info, shots = parse_task_name(name)
+    except KeyError:
+        return None
+    if shots is not None:
+        return shots
+    return 1 if info in MINI else 0
+
+
+def run_shots(checkpoint: Checkpoint, name: str) -> int | None:
+    """The shot count a task or group ran with: as its results file records it (`lm_eval --num_fewshot`
+    overrides the task's own), else as its name says."""
+    recorded = checkpoint.shots.get(name)
+    return named_shots(name) if recorded is None else recorded
+
+
 class _Scores:
-    """Each checkpoint's results indexed by catalog task and shot count."""
+    """Each checkpoint's results indexed by catalog task and the shot count they ran with (0-shot as None,
+    like the names without a count)."""
 
     def __init__(self, checkpoints: list[Checkpoint]):
         self.by_label: dict[str, dict[tuple[str, int | None], dict]] = {}
         self.other: dict[str, dict[str, dict]] = {}  # label -> tasks not in the catalog
+        self.hidden: dict[str, dict[str, str]] = {}  # label -> task not shown -> the task holding its cell
         for checkpoint in checkpoints:
-            ours, other = {}, {}
+            ours, other, holders, hidden = {}, {}, {}, {}
             for name, metrics in checkpoint.tasks.items():
                 try:
-                    info, shots = parse_task_name(name)
+                    info, _ = parse_task_name(name)
                 except KeyError:
                     other[name] = metrics
                     continue
-                ours[(info.key, shots)] = metrics
+                shots = run_shots(checkpoint, name)
+                key = (info.key, shots or None)
+                if key in ours:  # two tasks ran with one shot count: the one named for it keeps the cell
+                    if shots != named_shots(name):
+                        hidden[name] = holders[key]
+                        continue
+                    hidden[holders[key]] = name
+                ours[key], holders[key] = metrics, name
             self.by_label[checkpoint.label] = ours
             self.other[checkpoint.label] = other
+            self.hidden[checkpoint.label] = hidden
 
     def get(self, label: str, info: TaskInfo, shots: int | None, metric: str | None = None) -> Score:
         metrics = self.by_label[label].get((info.key, shots))
@@ -118,6 +152,8 @@ def build(checkpoints: list[Checkpoint], baseline: str | list[str], show_stderr:
     for checkpoint in checkpoints:
         notes.extend(f"{checkpoint.label}: {note}" for note in checkpoint.notes)
         notes.extend(_subset_notes(checkpoint))
+        notes.extend(_shot_notes(checkpoint, scores.hidden[checkpoint.label]))
+        notes.extend(_truncation_notes(checkpoint))
     mini_keys = {info.key for info in (*MINI, MINI_TARGET)}
     main_labels = [label for label, ours in scores.by_label.items()
                    if not ours or any(key not in mini_keys for key, _ in ours) or scores.other[label]]
@@ -379,7 +415,10 @@ def _group_check(board: Board, column: tuple, mean: float | None) -> list[str]:
     """Where the results carry the suite group's own `norm_avg`, say if it disagrees with the board's."""
     label, s = column
     checkpoint = next(c for c in board.checkpoints if c.label == label)
-    group = checkpoint.groups.get(f"fmtspec_suite_{s}shot" if s else "fmtspec_suite")
+    # the group that ran with the column's shot count; the one named for it first, as its tasks hold the cells
+    ran = [name for name in SUITE_GROUPS if name in checkpoint.groups and (run_shots(checkpoint, name) or None) == s]
+    ran.sort(key=lambda name: named_shots(name) != run_shots(checkpoint, name))
+    group = checkpoint.groups[ran[0]] if ran else None
     reported = metric_value(group, "norm_avg")[0] if group else None
     if mean is None or reported is None or min(abs(reported - mean), abs(reported * 100 - mean)) <= 0.01:
         return []
@@ -511,6 +550,37 @@ def _subset_notes(checkpoint: Checkpoint) -> list[str]:
         notes.append(f"{checkpoint.label}: {len(short)} task(s) scored on fewer documents than the split has "
                      f"({', '.join(sorted(short))}).")
     return notes
+
+
+def _shot_notes(checkpoint: Checkpoint, hidden: dict[str, str]) -> list[str]:
+    """Tasks and groups that ran with another shot count than their names say (`--num_fewshot`)."""
+    by_counts: dict[tuple[int, int], list[str]] = {}  # (named, ran) -> names
+    for name, ran in sorted(checkpoint.shots.items()):
+        named = named_shots(name)
+        if named is None or named == ran:
+            continue
+        item = name + (" (group)" if name in checkpoint.groups else "")
+        if name in hidden:
+            item += f" (not shown: {hidden[name]} holds its cell)"
+        by_counts.setdefault((named, ran), []).append(item)
+    if not by_counts:
+        return []
+    parts = "; ".join(f"named {_shot_name(named)}, ran {_shot_name(ran)}: {', '.join(items)}"
+                      for (named, ran), items in by_counts.items())
+    return [f"{checkpoint.label}: shot counts other than the task names say, each result shown in the column "
+            f"of the count it ran with; {parts}."]
+
+
+def _truncation_notes(checkpoint: Checkpoint) -> list[str]:
+    """Tasks whose requests promot_hf truncated to fit the model: those scores are on cut prompts."""
+    items = []
+    for task, count in sorted(checkpoint.truncated.items()):
+        if count:
+            total = checkpoint.requests.get(task)
+            items.append(f"{task} {count}" + (f" of {total}" if total is not None else ""))
+    if not items:
+        return []
+    return [f"{checkpoint.label}: requests whose context was truncated to fit the model: {', '.join(items)}."]
 
 
 def _shot_name(shots: int | None) -> str:

@@ -4,9 +4,11 @@ they came from.
 lm-eval 0.4.x writes `<output_path>/<model_name_sanitized>/results_<ISO time>.json` (or
 `<stem>_<ISO time>.json` when `--output_path` ends in `.json`). Each file is a JSON object with
 `results` ({task: {"metric,filter": value, "metric_stderr,filter": se, "alias": ..}}), `versions`,
-`n-shot`, `configs`, `higher_is_better`, `n-samples`, and, from `simple_evaluate`, `config` (model,
-model_args, limit, ...), `lm_eval_version` and `date` (a UNIX time). Group entries (`groups`,
-`group_subtasks`) sit beside the tasks in `results`.
+`n-shot` ({task or group: shots}, a group's where its tasks agree), `configs` ({task: its config, with
+`num_fewshot` and `output_type`}), `higher_is_better`, `n-samples` ({task: {"original", "effective"}}), and,
+from `simple_evaluate`, `config` (model, model_args, limit, ...; `promot_hf` adds `config.promot_hf`),
+`lm_eval_version` and `date` (a UNIX time). Group entries (`groups`, `group_subtasks`) sit beside the tasks
+in `results`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Checkpoint:
     tasks: dict[str, dict]  # task name -> lm-eval's metric dict
     info: dict  # newest file's top-level keys other than per-task data (config, lm_eval_version, date..)
     groups: dict[str, dict] = field(default_factory=dict)  # group name -> its aggregate metrics
+    shots: dict[str, int] = field(default_factory=dict)  # task or group -> the shot count its file records
+    truncated: dict[str, int] = field(default_factory=dict)  # task -> requests promot_hf truncated the context of
+    requests: dict[str, int] = field(default_factory=dict)  # task -> its request count, where the file tells
     run_dir: Path | None = None
     run_checkpoint: str | None = None  # e.g. "step-500" when a run's checkpoints/step-500 was evaluated
     notes: list[str] = field(default_factory=list)
@@ -78,6 +83,35 @@ def task_entries(data: dict) -> dict[str, dict]:
     return {name: metrics for name, metrics in data["results"].items() if name not in groups}
 
 
+def recorded_shots(data: dict, name: str) -> int | None:
+    """The shot count a results file records for a task or group: `n-shot` (lm-eval gives a group one
+    where its tasks agree), else the task's config `num_fewshot`; None where it records neither."""
+    config = (data.get("configs") or {}).get(name) or {}
+    for value in ((data.get("n-shot") or {}).get(name), config.get("num_fewshot")):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def request_count(data: dict, task: str) -> int | None:
+    """How many requests a task made, where the file tells: a generation task makes one per document
+    scored (`n-samples` effective); a multiple-choice task one per choice, which the file does not count."""
+    samples = (data.get("n-samples") or {}).get(task)
+    output_type = ((data.get("configs") or {}).get(task) or {}).get("output_type")
+    if output_type != "generate_until" or not isinstance(samples, dict):
+        return None
+    return _count(samples.get("effective"))
+
+
+def truncated_requests(data: dict) -> dict[str, int]:
+    """promot_hf's count, per task, of requests whose context it truncated to fit the model
+    (`config.promot_hf.truncated_requests`); {} for other models' and older files."""
+    counts = ((data.get("config") or {}).get("promot_hf") or {}).get("truncated_requests")
+    if not isinstance(counts, dict):
+        return {}
+    return {task: n for task, n in ((task, _count(n)) for task, n in counts.items()) if n is not None}
+
+
 def metric_value(metrics: dict, metric: str) -> tuple[float | None, float | None, str | None]:
     """(value, stderr, "metric,filter" key) of `metric` under whatever filter the task used.
 
@@ -92,6 +126,10 @@ def metric_value(metrics: dict, metric: str) -> tuple[float | None, float | None
     if metric in metrics:  # a hand-written file without filter suffixes
         return _number(metrics[metric]), _number(metrics.get(f"{metric}_stderr")), metric
     return None, None, None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _number(value) -> float | None:
@@ -169,21 +207,26 @@ def _merge(files: list[Path]) -> Checkpoint:
     loaded = [(file, load_results_file(file)) for file in sorted(files, key=lambda f: _timestamp(f.name))]
     newest_file, newest = loaded[-1]
     model_args = (newest.get("config") or {}).get("model_args")
-    tasks: dict[str, dict] = {}
-    groups: dict[str, dict] = {}
-    used, notes = [], []
+    checkpoint = Checkpoint(label="", files=[], tasks={}, info={})
     for file, data in reversed(loaded):
         if (data.get("config") or {}).get("model_args") != model_args:
-            notes.append(f"skipped {file} (other model_args than the newest results in its folder)")
+            checkpoint.notes.append(f"skipped {file} (other model_args than the newest results in its folder)")
             continue
-        fresh = {name: m for name, m in task_entries(data).items() if name not in tasks}
-        for name in group_names(data) & set(data["results"]):
-            groups.setdefault(name, data["results"][name])
+        fresh = {name: m for name, m in task_entries(data).items() if name not in checkpoint.tasks}
+        fresh_groups = {name: data["results"][name] for name in group_names(data) & set(data["results"])
+                        if name not in checkpoint.groups}
+        checkpoint.groups.update(fresh_groups)
+        # what a file says of a task (shots, truncation, requests) goes with the result that file supplied
+        checkpoint.shots.update({name: n for name in [*fresh, *fresh_groups]
+                                 if (n := recorded_shots(data, name)) is not None})
+        truncated = truncated_requests(data)
+        checkpoint.truncated.update({name: truncated[name] for name in fresh if name in truncated})
+        checkpoint.requests.update({name: n for name in fresh if (n := request_count(data, name)) is not None})
         if fresh or file == newest_file:
-            tasks.update(fresh)
-            used.append(file)
-    info = {key: value for key, value in newest.items() if key not in ("results", "configs", "samples")}
-    return Checkpoint(label="", files=used, tasks=tasks, info=info, groups=groups, notes=notes)
+            checkpoint.tasks.update(fresh)
+            checkpoint.files.append(file)
+    checkpoint.info = {key: value for key, value in newest.items() if key not in ("results", "configs", "samples")}
+    return checkpoint
 
 
 def _timestamp(name: str) -> str:

@@ -25,19 +25,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import transformers
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
 from fmtspec import run_folder
 from fmtspec.errors import FmtspecError
+from fmtspec.sentinels import sentinel_ids
 from model_adapters.soft_prompt import CONFIG_FILE, check_width, load_soft_prompt, read_adapter_type
+from model_adapters.stop_strings import StopStrings
 
 log = logging.getLogger(__name__)
 
 PROMPT_MODES = ("on", "off", "auto")
 SENTINEL = "<extra_id_0>"
+# The default context length of relative-position models (T5, mT5, Flan-T5): their position buckets put no
+# limit on the encoder, and the longest fmtspec context, a 4-shot summarization request (five articles cut
+# to 1,024 tokens each, four summaries, the templates), fits. `hf` would take 512 (t5's `n_positions`,
+# Flan-T5's tokenizer) or 2,048 and cut the demonstrations off.
+RELATIVE_POSITION_CONTEXT = 8192
 
 
 class PromotHFLM(HFLM):
@@ -48,7 +54,9 @@ class PromotHFLM(HFLM):
     prompt        on | off | auto (default): auto prompts only the requests of the prompt's own tasks
     prompt_tasks  `|`-separated task names or glob patterns served by `soft_prompt` (default: the manifest's)
     sentinel      true | false: append <extra_id_0> to generation contexts and keep sentinels in the output
-    Every other argument goes to `hf` unchanged.
+    max_length    as `hf`'s; default the model's own, or RELATIVE_POSITION_CONTEXT for T5-family models
+    Every other argument goes to `hf` unchanged. Requests cut to fit max_length are counted per task and
+    written into the results file (`config.promot_hf.truncated_requests`).
     """
 
     def __init__(self, pretrained, soft_prompt=None, prompt="auto", prompt_tasks=None, sentinel=None, **kwargs):
@@ -56,11 +64,13 @@ class PromotHFLM(HFLM):
         sentinel = None if sentinel in (None, "") else _parse_bool(sentinel, "sentinel")
         self._active = None  # [P, d] prompt of the group of requests being run, or None
         self._task_prompts: dict[str, str | None] = {}  # every task seen -> the prompt folder it ran with
+        self._truncated: dict[str, int] = {}  # every task seen -> how many of its requests were cut to fit
+        self._request_tasks = None  # task of each request `hf`'s loglikelihood passes on, in order
         self._run_dir, manifest = _open_run_folder(pretrained, kwargs.get("subfolder"))
         if manifest is not None:
             pretrained = run_folder.model_path(self._run_dir, manifest)
-            if "tokenizer" not in kwargs and not _has_tokenizer(pretrained):
-                kwargs["tokenizer"] = manifest["base_model"]  # a trainer's model/ may hold weights only
+            if "tokenizer" not in kwargs:
+                kwargs["tokenizer"] = run_folder.tokenizer_path(self._run_dir, manifest)
         self._routes, untasked = _prompt_routes(self._run_dir, manifest, soft_prompt, prompt_tasks, self._prompt_mode)
         if prompt_tasks not in (None, "") and manifest is not None:
             _warn_if_untrained(self._routes, manifest)
@@ -102,6 +112,7 @@ class PromotHFLM(HFLM):
         for i, request in enumerate(requests):
             folder = self._prompt_for(request.task_name)
             self._task_prompts[request.task_name] = folder
+            self._truncated.setdefault(request.task_name, 0)
             groups.setdefault(folder, []).append(i)
         results = [None] * len(requests)
         for folder, indices in groups.items():
@@ -148,7 +159,34 @@ class PromotHFLM(HFLM):
         return names, peft_model.base_model
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._per_prompt(requests, lambda group: super(PromotHFLM, self).loglikelihood(group, disable_tqdm))
+        def run(group):
+            self._request_tasks = [request.task_name for request in group]
+            try:
+                return super(PromotHFLM, self).loglikelihood(group, disable_tqdm)
+            finally:
+                self._request_tasks = None
+
+        return self._per_prompt(requests, run)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        # `hf`'s loglikelihood encodes its requests in order and passes them all here: count the ones it cuts
+        tasks = self._request_tasks
+        if tasks is not None and len(tasks) == len(requests):
+            for task, (_, context, continuation) in zip(tasks, requests, strict=True):
+                if self.backend == "causal":
+                    cut = len(context) + len(continuation) > self.max_length + 1
+                else:
+                    cut = max(len(context), len(continuation)) > self.max_length
+                self._count_truncated(task, cut)
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _count_truncated(self, task: str | None, cut: bool) -> None:
+        if cut:
+            if not self._truncated.get(task):
+                log.warning("promot_hf: %s: requests longer than max_length=%d tokens are cut from the left "
+                            "(counted in the results file); give max_length=<tokens> to keep them whole",
+                            task, self.max_length + self._prompt_len)
+            self._truncated[task] = self._truncated.get(task, 0) + 1
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         return self._per_prompt(
@@ -166,7 +204,9 @@ class PromotHFLM(HFLM):
     @property
     def max_length(self) -> int:
         # room for the prompt: every truncation in `hf` (loglikelihood, rolling, generation) reads this
-        return super().max_length - self._prompt_len
+        relative = getattr(self.model.config, "relative_attention_num_buckets", None) is not None
+        length = RELATIVE_POSITION_CONTEXT if relative and not self._max_length else super().max_length
+        return length - self._prompt_len
 
     def _with_prompt(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids -> [B, P + L] input embeddings, the prompt first."""
@@ -192,19 +232,20 @@ class PromotHFLM(HFLM):
 
     def _generate_group(self, requests, disable_tqdm: bool):
         results = []
-        reorder = Collator([r.args for r in requests], sort_fn=lambda req: (-len(self.tok_encode(req[0])), req[0]),
+        reorder = Collator([(*r.args, r.task_name) for r in requests],
+                           sort_fn=lambda req: (-len(self.tok_encode(req[0])), req[0]),
                            group_by="gen_kwargs", group_fn=lambda req: req[1])
         batch_size = self._detect_batch_size() if str(self.batch_size).startswith("auto") else self.batch_size
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running generate_until requests")
         for chunk in reorder.get_batched(n=batch_size):
-            contexts, all_gen_kwargs = zip(*chunk, strict=True)
+            contexts, all_gen_kwargs, tasks = zip(*chunk, strict=True)
             kwargs = normalize_gen_kwargs(all_gen_kwargs[0], self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_new = kwargs.pop("max_gen_toks")
             if kwargs.pop("max_length", None) is not None:
                 log.warning("promot_hf ignores `max_length` in generation kwargs: use `max_gen_toks`")
-            rows = self._encode_contexts(contexts, max_new)
+            rows = self._encode_contexts(contexts, max_new, tasks)
             for context, tokens in zip(contexts, self._generate_rows(rows, max_new, until, kwargs), strict=True):
                 text = postprocess_generated_text(self._decode_generation(tokens), until, self._think_end_str)
                 results.append(text)
@@ -217,12 +258,13 @@ class PromotHFLM(HFLM):
     def _think_end_str(self):
         return self.think_end_token if isinstance(self.think_end_token, str) else None
 
-    def _encode_contexts(self, contexts, max_new: int) -> list[list[int]]:
-        """Token ids of each context as `hf` encodes them, plus the sentinel, left-truncated to fit."""
+    def _encode_contexts(self, contexts, max_new: int, tasks=None) -> list[list[int]]:
+        """Token ids of each context as `hf` encodes them, plus the sentinel, left-truncated to fit (and
+        counted, per task of `tasks`)."""
         ids, mask = self.tok_batch_encode(list(contexts))
         rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         if self._sentinel:
-            sentinel = self.tokenizer.convert_tokens_to_ids(SENTINEL)
+            sentinel = sentinel_ids(self.tokenizer, 1)[0]
             eos = self.tokenizer.eos_token_id
             rows = [row[:-1] + [sentinel, eos] if row and row[-1] == eos else row + [sentinel] for row in rows]
         # the encoder takes max_length tokens; a decoder-only model also needs room for the new tokens
@@ -230,8 +272,8 @@ class PromotHFLM(HFLM):
         if limit <= 0:
             raise FmtspecError(f"max_gen_toks={max_new} leaves no room for the context within max_length="
                                f"{self.max_length + self._prompt_len} (soft prompt: {self._prompt_len} positions)")
-        if any(len(row) > limit for row in rows):
-            log.warning("promot_hf: generation context longer than %d tokens, truncated from the left", limit)
+        for task, row in zip(tasks or [None] * len(rows), rows, strict=True):
+            self._count_truncated(task, len(row) > limit)
         return [row[-limit:] for row in rows]
 
     @torch.no_grad()
@@ -253,7 +295,6 @@ class PromotHFLM(HFLM):
         kwargs = dict(kwargs)
         if not kwargs.get("do_sample"):
             kwargs.pop("temperature", None)
-        stop = _StopStrings(until, self._decode_generation)
         inputs, start = {"input_ids": ids}, width if left else 1  # seq2seq output starts with the decoder start
         if self._active is not None:
             embeds, masks = [], []
@@ -268,6 +309,7 @@ class PromotHFLM(HFLM):
                     masks.append(F.pad(mask[i], (self._prompt_len, 0), value=1))
             inputs, mask = {"inputs_embeds": torch.stack(embeds)}, torch.stack(masks)
             start = 0 if left else 1  # decoder-only generate given embeddings returns the new tokens only
+        stop = StopStrings(until, self._decode_generation, start)  # `start`: where the new tokens begin
         with self._autocast():
             out = self.model.generate(**inputs, attention_mask=mask, max_new_tokens=max_new, stopping_criteria=[stop],
                                       pad_token_id=pad, use_cache=True, **kwargs)
@@ -289,7 +331,7 @@ class PromotHFLM(HFLM):
 
     def _resolve_sentinel(self, sentinel: bool | None, manifest) -> bool:
         """As asked; else as the run's training inputs were; else on for seq2seq tokenizers with sentinels."""
-        has_sentinel = SENTINEL in self.tokenizer.get_vocab()
+        has_sentinel = sentinel_ids(self.tokenizer, 1) is not None
         if sentinel is None:
             if manifest is not None and manifest.get("sentinel") is not None:
                 sentinel = bool(manifest["sentinel"])
@@ -312,36 +354,18 @@ class PromotHFLM(HFLM):
             "run_folder": None if self._run_dir is None else str(self._run_dir),
             "prompt_tasks": {pattern: folder for pattern, folder in self._routes},
             "task_prompts": dict(sorted(self._task_prompts.items())),
+            "truncated_requests": dict(sorted(self._truncated.items())),
         }
         return info
 
-
-class _StopStrings(transformers.StoppingCriteria):
-    """Marks a row done once its generated text contains a stop string, decoded with the final decoder,
-    so it never stops a row whose final text would not be cut there. A stop string can only have
-    appeared in the text of the last few tokens, so each step decodes that tail alone (decoding the
-    whole generation every step made long generations quadratic)."""
-
-    def __init__(self, stops: list[str], decode):
-        self.stops = [s for s in stops if s]
-        self.decode = decode
-        # a stop string of L characters spans at most L tokens; the margin keeps its start away from
-        # the tail's first token, whose decoding may differ at a word boundary
-        self._tail = max((len(s) for s in self.stops), default=0) + 8
-        self._start = None  # where the generated tokens begin in `input_ids`
-        self._done = None
-
-    def __call__(self, input_ids, scores, **kwargs):
-        if self._start is None:  # first call: exactly one new token
-            self._start = input_ids.shape[1] - 1
-            self._done = [False] * input_ids.shape[0]
-        if self.stops:
-            tail_start = max(self._start, input_ids.shape[1] - self._tail)
-            for i, row in enumerate(input_ids[:, tail_start:].tolist()):
-                if not self._done[i]:
-                    text = self.decode(row)
-                    self._done[i] = any(s in text for s in self.stops)
-        return torch.tensor(self._done, dtype=torch.bool, device=input_ids.device)
+    def set_cache_hook(self, cache_hook) -> None:
+        # lm-eval's --use_cache keys an answer by the request's text alone: under prompt=auto the same text
+        # is answered with or without a prompt depending on the task, and a cached answer would cross over
+        if getattr(cache_hook, "dbdict", None) is not None and self._prompt_mode == "auto" and self._routes:
+            raise FmtspecError("--use_cache keys answers by request text, not by the soft prompt that served "
+                               "them, and prompt=auto switches the prompt per task: leave out --use_cache, or "
+                               "score with prompt=on and prompt=off in separate runs, each with its own cache")
+        super().set_cache_hook(cache_hook)
 
 
 # ---- arguments ----
@@ -377,12 +401,6 @@ def _open_run_folder(pretrained, subfolder) -> tuple[Path | None, dict | None]:
     if path.is_dir() and not (path / "config.json").is_file():
         run_folder.read_manifest(path)  # raises: "... is not a fmtspec run folder: it has no run.json"
     return None, None
-
-
-def _has_tokenizer(model: str) -> bool:
-    path = Path(model)
-    return not path.is_dir() or any((path / name).is_file() for name in
-                                    ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model"))
 
 
 def _prompt_routes(run_dir, manifest, soft_prompt, prompt_tasks, mode) -> tuple[list[tuple[str, str]], str | None]:

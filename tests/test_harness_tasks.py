@@ -9,9 +9,9 @@ import pytest
 
 from fmtspec.errors import FmtspecError
 from harness_tasks import catalog
-from harness_tasks.data import DATA, hash_split, read_jsonl
+from harness_tasks.data import DATA, hash_split, load_split, read_jsonl
 from harness_tasks.examples import Example, load_docs, primary_metric, render, score
-from harness_tasks.formats import FORMATS, MCD_CATEGORIES
+from harness_tasks.formats import FORMATS, MCD_CATEGORIES, cut_articles
 from harness_tasks.metrics import (corpus_bleu, corpus_bleu_zh, first_word, macro_f1, normalize_answer,
                                    postprocess)
 
@@ -102,12 +102,35 @@ def test_wic_and_rte_labels(offline_data):
     assert wic == {1: "True", 0: "False"} and rte == {0: "True", 1: "False"}
 
 
-def test_summaries_are_cut_to_1024_tokens():
+def test_summaries_are_cut_to_1024_words_without_a_tokenizer():
     words = [f"w{i}" for i in range(1500)]
-    text = FORMATS["xsum"].doc_to_text({"document": "\n".join(words), "summary": "s"})
-    assert text == "Article: " + "\n".join(words[:1024]) + " One sentence summary:"
-    short = {"document": "a  b\nc", "summary": "s"}
-    assert FORMATS["xsum"].doc_to_text(short) == "Article: a  b\nc One sentence summary:"
+    docs = cut_articles("xsum", [{"document": "\n".join(words), "summary": "s"}, {"document": "a  b\nc", "summary": "s"}])
+    assert FORMATS["xsum"].doc_to_text(docs[0]) == "Article: " + "\n".join(words[:1024]) + " One sentence summary:"
+    assert FORMATS["xsum"].doc_to_text(docs[1]) == "Article: a  b\nc One sentence summary:"
+    assert cut_articles("rte", docs) is docs  # no article: nothing to cut
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_articles_are_cut_to_1024_tokens_of_the_model(tiny_models, offline_data, kind):
+    """The paper's rule (1,024 tokens of the model's tokenizer), checked against the plain definition: the
+    cut article is a prefix of the original whose tokens are the original's first 1,024 (the last one may
+    split in two when it ends inside a word)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models[kind])
+    raw = list(load_split("xsum", "test"))
+    cut = load_docs("fmtspec_xsum_1shot", "test", tokenizer=tok)
+    ids = [tok(d["document"], add_special_tokens=False).input_ids for d in raw]
+    assert max(len(i) for i in ids) > 1024 > len(ids[0])  # the fixture has a long article and short ones
+    for before, after, full in zip(raw, cut, ids, strict=True):
+        assert before["document"].startswith(after["document"]) and after["summary"] == before["summary"]
+        got = tok(after["document"], add_special_tokens=False).input_ids
+        if len(full) <= 1024:
+            assert got == full
+        else:
+            assert got[:1023] == full[:1023] and 1024 <= len(got) <= 1025
+        if len(full) > 1024:  # by tokens, not by the 1,024 words of the fallback
+            assert len(after["document"].split()) < 1024 < len(before["document"].split())
 
 
 def test_render_training_split_never_shows_a_doc_as_its_own_demo(offline_data):

@@ -72,6 +72,26 @@ def test_render_equals_lm_eval_prompts(lm_eval_tasks, offline_data, name):
         assert [e.target for e in got] == [task.doc_to_target(d) for d in docs]
 
 
+@pytest.mark.parametrize("name", ["fmtspec_xsum_1shot", "fmtspec_wikilingua_en_4shot"])
+def test_render_equals_lm_eval_prompts_for_a_model(tiny_models, offline_data, name):
+    """With the model known (lm-eval hands --model_args to the tasks as metadata), lm-eval and `render` cut
+    the articles to the same 1,024 tokens of its tokenizer."""
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    manager = TaskManager(include_defaults=False, include_path=str(TASKS_DIR),
+                          metadata={"pretrained": str(tiny_models["llama"])})
+    task = manager.load([name])["tasks"][name]
+    docs = list(task.eval_docs)
+    task.set_fewshot_seed(1234)
+    info, shots = catalog.parse_task_name(name)
+    split = DATA[info.key].eval_split
+    got = render(name, split, shots=shots, tokenizer=AutoTokenizer.from_pretrained(tiny_models["llama"]))
+    assert [e.context for e in got] == [task.fewshot_context(doc, shots) for doc in docs]
+    if info.key == "xsum":  # its fixture has an article longer than 1,024 tokens (and words)
+        assert [e.context for e in render(name, split, shots=shots)] != [e.context for e in got]
+
+
 @pytest.mark.slow
 def test_lm_eval_run_reports_every_metric(tiny_models, offline_data, tmp_path):
     out = tmp_path / "out"

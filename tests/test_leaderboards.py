@@ -14,40 +14,61 @@ from pathlib import Path
 import pytest
 
 from fmtspec.errors import FmtspecError
-from harness_tasks.catalog import SUITE, TARGETS
+from harness_tasks.catalog import GROUPS, SUITE, TARGETS
 from leaderboards.board import build, fmt
 from leaderboards.results import load_checkpoints, load_results_file
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "leaderboards"
 REAL_RESULTS = ASSETS / "real_results"
+TASK_YAMLS = {path.stem: path for path in (Path(__file__).resolve().parents[1] / "harness_tasks").rglob("*.yaml")}
 
 
 # ------------------------------------------------------------------------------------------------
 # Hand-made results files, shaped like the real one in assets/leaderboards/real_results/
 
 
+def shots_run(name: str, num_fewshot: int | None = None) -> int | None:
+    """The shot count lm-eval records for a task: its YAML's `num_fewshot` (0 outside fmtspec), which
+    `--num_fewshot` overrides unless it is 0; a group's where its tasks agree, else None (none recorded)."""
+    if name in GROUPS:
+        counts = {shots_run(task, num_fewshot) for task in GROUPS[name]}
+        return counts.pop() if len(counts) == 1 else None
+    found = name in TASK_YAMLS and re.search(r"^num_fewshot: (\d+)$", TASK_YAMLS[name].read_text(), re.M)
+    own = int(found.group(1)) if found else 0
+    return own if num_fewshot is None or own == 0 else num_fewshot
+
+
 def results_json(tasks: dict[str, dict[str, float]], model_args: str = "pretrained=google/mt5-xxl",
-                 date: float = 1_700_000_000.0, filter_name: str = "none", limit=None) -> dict:
+                 date: float = 1_700_000_000.0, filter_name: str = "none", limit=None, num_fewshot=None,
+                 truncated: dict[str, int] | None = None) -> dict:
     """{task: {metric: value}} -> a results object as lm-eval 0.4.13's simple_evaluate writes it.
-    A metric may carry its own filter ("acc,paper"); "<metric>_stderr" entries are written as given."""
-    results, higher, shots, samples = {}, {}, {}, {}
+    A metric may carry its own filter ("acc,paper"); "<metric>_stderr" entries are written as given.
+    `num_fewshot`: as `lm_eval --num_fewshot` (overrides every task's own count). `truncated`: the run was
+    `--model promot_hf`, which counts the requests whose context it truncated."""
+    results, higher, shots, samples, configs = {}, {}, {}, {}, {}
     for task, metrics in tasks.items():
         entry = {"name": task, "alias": task, "sample_len": 100}
         for metric, value in metrics.items():
             entry[metric if "," in metric else f"{metric},{filter_name}"] = value
         results[task] = entry
         higher[task] = {m.split(",")[0]: True for m in metrics if "_stderr" not in m}
-        found = re.search(r"_(\d+)shot$", task)
-        shots[task] = int(found.group(1)) if found else 0
-        samples[task] = {"original": 100, "effective": 100 if limit is None else limit}
+        if shots_run(task, num_fewshot) is not None:
+            shots[task] = shots_run(task, num_fewshot)
+        if task not in GROUPS:  # lm-eval keeps configs and sample counts for tasks, not for groups
+            configs[task] = {"task": task, "num_fewshot": shots[task],
+                             "output_type": "generate_until" if task.startswith("fmtspec_") else "multiple_choice"}
+            samples[task] = {"original": 100, "effective": 100 if limit is None else limit}
     model_name = model_args.split("pretrained=")[-1].split(",")[0]
+    config = {"model": "hf", "model_args": model_args, "batch_size": 1, "limit": limit}
+    if truncated is not None:
+        config["model"] = "promot_hf"
+        config["promot_hf"] = {"prompt": "auto", "sentinel": False, "run_folder": None, "prompt_tasks": {},
+                               "task_prompts": {task: None for task in configs}, "truncated_requests": truncated}
     return {
-        "results": results, "group_subtasks": {},
-        "configs": {task: {"task": task, "num_fewshot": shots[task]} for task in tasks},
+        "results": results, "group_subtasks": {}, "configs": configs,
         "versions": {task: 1.0 for task in tasks}, "n-shot": shots, "higher_is_better": higher,
-        "n-samples": samples,
-        "config": {"model": "hf", "model_args": model_args, "batch_size": 1, "limit": limit},
-        "git_hash": None, "date": date, "lm_eval_version": "0.4.13", "model_source": "hf",
+        "n-samples": samples, "config": config,
+        "git_hash": None, "date": date, "lm_eval_version": "0.4.13", "model_source": config["model"],
         "model_name": model_name, "model_name_sanitized": re.sub(r"[\"<>:/|\\?*\[\]]+", "__", model_name),
     }
 
@@ -430,3 +451,104 @@ def test_format_signal_has_one_row_per_task_with_both_shot_counts(tmp_path):
     assert [line.split("|")[1].strip() for line in signal.splitlines() if line.startswith("| CB")] == ["CB"]
     assert row_cells(signal, "CB") == ["25.00", "50.00"]
     assert row_cells(signal, "RTE (0-shot)") == ["100.00", "—"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shot counts and truncation as the results files record them
+
+
+def suite_tasks(shots: int, value: float, **extra) -> dict:
+    """The 8 unseen tasks named for `shots`, each at `value` on the 0-100 scale."""
+    return {f"fmtspec_{info.key}_{shots}shot": {info.metric: value / info.scale, **extra} for info in SUITE}
+
+
+def notes_of(markdown: str) -> str:
+    return markdown.split("## Notes", 1)[1] if "## Notes" in markdown else ""
+
+
+def test_shot_count_comes_from_the_results_file(tmp_path):
+    """`lm_eval --num_fewshot 4 --tasks fmtspec_suite_1shot`: 4-shot results, in the 4-shot column."""
+    write_results(tmp_path / "base", suite_tasks(4, 20.0), model_args="pretrained=base")
+    odd = suite_tasks(1, 30.0)
+    odd["fmtspec_suite_1shot"] = {"norm_avg": 31.0}  # the group's own average, which the board cross-checks
+    path = write_results(tmp_path / "odd", odd, model_args="pretrained=odd", num_fewshot=4)
+    data = json.loads(path.read_text())
+    assert data["n-shot"]["fmtspec_cb_1shot"] == 4 and data["n-shot"]["fmtspec_suite_1shot"] == 4
+    board = build(load_checkpoints([f"base={tmp_path / 'base'}", f"odd={tmp_path / 'odd'}"]), "base")
+    assert board.shots == [4]
+    header = next(line for line in board.markdown.splitlines() if line.startswith("| Task | Metric"))
+    assert header == "| Task | Metric | base 4-shot | odd 4-shot |"
+    assert row_cells(board.markdown, "CB") == ["acc", "20.00", "**30.00**"]
+    assert row_cells(board.markdown, "**Norm. Avg.**") == ["mean of 8", "20.00", "**30.00** (+10.00)"]
+    assert board.norm_avg == {("base", 4): 20.0, ("odd", 4): 30.0}
+    (line,) = [line for line in notes_of(board.markdown).splitlines() if "shot counts other than" in line]
+    assert line.split(". ", 1)[1].startswith("odd: shot counts other than the task names say")
+    listed = line.split("named 1-shot, ran 4-shot: ")[1].rstrip(".").split(", ")
+    assert sorted(listed) == sorted([*(f"fmtspec_{info.key}_1shot" for info in SUITE), "fmtspec_suite_1shot (group)"])
+    notes = notes_of(board.markdown)
+    # the group's norm_avg is checked against the column its tasks ran in
+    assert "odd 4-shot: the results' group reports norm_avg 31.0000, the board computes 30.00" in notes
+    assert "base: shot counts" not in notes  # the consistent file gets no note
+
+
+@pytest.mark.parametrize("drop, column", [
+    (("n-shot",), "4-shot"),  # files without `n-shot`: the task's config says
+    (("n-shot", "configs"), "1-shot"),  # neither: the task's name says
+])
+def test_shot_count_fallbacks(tmp_path, drop, column):
+    path = write_results(tmp_path / "out", suite_tasks(1, 30.0), num_fewshot=4)
+    data = json.loads(path.read_text())
+    for key in drop:
+        del data[key]
+    path.write_text(json.dumps(data))
+    board = build(load_checkpoints([f"a={tmp_path / 'out'}"]), "a")
+    header = next(line for line in board.markdown.splitlines() if line.startswith("| Task | Metric"))
+    assert header == f"| Task | Metric | a {column} |"
+    assert row_cells(board.markdown, "**Norm. Avg.**") == ["mean of 8", "30.00"]
+    assert ("a: shot counts other than the task names say" in board.markdown) == (column == "4-shot")
+
+
+def test_two_tasks_run_with_one_shot_count(tmp_path):
+    """`--tasks fmtspec_cb_1shot,fmtspec_cb_4shot --num_fewshot 4`: the 4shot task keeps the 4-shot cell."""
+    write_results(tmp_path / "out", {"fmtspec_cb_1shot": {"acc": 0.1}, "fmtspec_cb_4shot": {"acc": 0.4}},
+                  num_fewshot=4)
+    markdown = build(load_checkpoints([f"a={tmp_path / 'out'}"]), "a").markdown
+    assert row_cells(markdown, "CB") == ["acc", "40.00"]
+    assert ("named 1-shot, ran 4-shot: fmtspec_cb_1shot (not shown: fmtspec_cb_4shot holds its cell)."
+            in notes_of(markdown))
+
+
+def test_name_rule_agrees_with_the_task_yamls():
+    """The count a name says (for names without one: the YAML's) is what lm-eval runs the task with."""
+    from leaderboards.board import named_shots
+
+    tasks = [name for name in TASK_YAMLS if name.startswith("fmtspec_") and name not in GROUPS]
+    assert len(tasks) > 30
+    for name in [*tasks, *GROUPS]:
+        assert named_shots(name) == shots_run(name), name
+
+
+def test_truncated_requests_are_noted(tmp_path):
+    tasks = {**suite_tasks(1, 30.0), "arc_easy": {"acc": 0.5}}
+    truncated = {"fmtspec_xsum_1shot": 12, "fmtspec_cb_1shot": 0, "arc_easy": 3}
+    path = write_results(tmp_path / "p", tasks, model_args="pretrained=p", limit=20, truncated=truncated)
+    write_results(tmp_path / "hf", tasks, model_args="pretrained=hf")  # stock `hf` results: no such key
+    zeros = write_results(tmp_path / "z", tasks, model_args="pretrained=z", truncated={"fmtspec_xsum_1shot": 0})
+    data = json.loads(path.read_text())
+    documents = data["n-samples"]["fmtspec_xsum_1shot"]["effective"]
+    markdown = build(load_checkpoints([f"p={path}", f"hf={tmp_path / 'hf'}", f"z={zeros}"]), "hf").markdown
+    (line,) = [line for line in notes_of(markdown).splitlines() if "truncated" in line]
+    assert line.split(". ", 1)[1].startswith("p: requests whose context was truncated to fit the model: ")
+    assert f"fmtspec_xsum_1shot 12 of {documents}" in line  # generation tasks: one request per document
+    assert line.endswith("arc_easy 3, fmtspec_xsum_1shot 12 of 20.")  # multiple choice: no request total
+    assert "fmtspec_cb_1shot" not in line  # 0 truncated: nothing to say
+
+
+def test_truncation_goes_with_the_file_that_supplied_the_result(tmp_path):
+    out = tmp_path / "out"
+    write_results(out, {"fmtspec_xsum_1shot": {"rouge2": 0.1}, "fmtspec_cb_1shot": {"acc": 0.5}},
+                  stamp="2026-01-01T10-00-00.000000", truncated={"fmtspec_xsum_1shot": 5, "fmtspec_cb_1shot": 2})
+    write_results(out, {"fmtspec_xsum_1shot": {"rouge2": 0.2}}, stamp="2026-01-02T10-00-00.000000",
+                  truncated={"fmtspec_xsum_1shot": 0})  # rerun with room for the whole context
+    markdown = build(load_checkpoints([f"a={out}"]), "a").markdown
+    assert "a: requests whose context was truncated to fit the model: fmtspec_cb_1shot 2 of 100." in markdown

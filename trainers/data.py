@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fmtspec.errors import FmtspecError
+from fmtspec.sentinels import sentinel_ids
 
-SENTINEL_0, SENTINEL_1 = "<extra_id_0>", "<extra_id_1>"
 TARGET_DELIMITER = " "
 
 
@@ -24,12 +24,14 @@ class Feature:
     task: int  # index into the run's task list: selects the example's soft prompt
 
 
-def render_examples(task: str, split: str, *, shots: int = 0, seed: int = 1234, limit: int | None = None):
-    """`harness_tasks.examples.render`, with data problems turned into one clear line."""
+def render_examples(task: str, split: str, *, shots: int = 0, seed: int = 1234, limit: int | None = None,
+                    tokenizer=None):
+    """`harness_tasks.examples.render` for the run's model (`tokenizer`), with data problems turned into one
+    clear line."""
     from harness_tasks import examples
 
     try:
-        rendered = examples.render(task, split, shots=shots, seed=seed, limit=limit)
+        rendered = examples.render(task, split, shots=shots, seed=seed, limit=limit, tokenizer=tokenizer)
     except FmtspecError:
         raise
     except KeyError as exc:
@@ -46,7 +48,7 @@ def render_examples(task: str, split: str, *, shots: int = 0, seed: int = 1234, 
 
 
 def uses_sentinel(config_value, tokenizer, encoder_decoder: bool) -> bool:
-    has = SENTINEL_0 in tokenizer.get_vocab()
+    has = sentinel_ids(tokenizer) is not None
     if config_value == "auto":
         return encoder_decoder and has
     if config_value is True:
@@ -68,7 +70,7 @@ class Encoder:
         self.max_target = max_target_length
         self.eos = tokenizer.eos_token_id
         if sentinel:
-            self.s0, self.s1 = tokenizer.convert_tokens_to_ids([SENTINEL_0, SENTINEL_1])
+            self.s0, self.s1 = sentinel_ids(tokenizer)
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]

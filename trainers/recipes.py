@@ -76,19 +76,20 @@ def load_model(path: str, dropout: float | None):
     return model, tokenizer, encoder_decoder
 
 
-def training_examples(task: str, config: dict, t: int) -> list:
-    """The task's training examples; with `shots`, a `shots_share` of them (a fixed draw per example, by
-    seed and task) carry their demonstrations, the others are 0-shot."""
+def training_examples(task: str, config: dict, t: int, tokenizer=None) -> list:
+    """The task's training examples for the model of `tokenizer`; with `shots`, a `shots_share` of them (a
+    fixed draw per example, by seed and task) carry their demonstrations, the others are 0-shot."""
     import torch
 
     from trainers.data import render_examples
 
     split, seed, limit = config["data"]["split"], config["seed"], config["data"]["limit"]
     share = config["shots_share"] if config["shots"] else 0.0
-    shot = render_examples(task, split, shots=config["shots"], seed=seed, limit=limit) if share > 0 else None
+    shot = render_examples(task, split, shots=config["shots"], seed=seed, limit=limit,
+                           tokenizer=tokenizer) if share > 0 else None
     if share == 1.0:
         return shot
-    plain = render_examples(task, split, seed=seed, limit=limit)
+    plain = render_examples(task, split, seed=seed, limit=limit, tokenizer=tokenizer)
     if shot is None:
         return plain
     draws = torch.rand(len(plain), generator=torch.Generator().manual_seed(seed * 1000003 + t)).tolist()
@@ -116,8 +117,9 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
 
     train_sets, val_sets = [], []
     for t, task in enumerate(tasks):
-        train_sets.append(training_examples(task["name"], config, t))
-        val_sets.append(render_examples(task["name"], config["eval"]["split"], limit=config["eval"]["limit"]))
+        train_sets.append(training_examples(task["name"], config, t, tokenizer))
+        val_sets.append(render_examples(task["name"], config["eval"]["split"], limit=config["eval"]["limit"],
+                                        tokenizer=tokenizer))
 
     def lazy(t):
         cache = {}

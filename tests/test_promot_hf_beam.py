@@ -1,0 +1,221 @@
+"""Beam search with stop strings in promot_hf (`--gen_kwargs num_beams=4`, the paper's decoding).
+
+Under beam search a row of `input_ids` holds a different hypothesis at each step and transformers checks the
+stopping criteria on its 2 * num_beams candidates, so a stop check must judge each row by its own tokens. The
+reference is transformers' own `generate(num_beams=4, stop_strings=..., tokenizer=...)` on the same inputs,
+built here from the model folder and the PEFT prompt file, then cut at the first stop string as lm-eval cuts.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("lm_eval")
+
+from greedy_reference import cut  # noqa: E402
+# fixtures of test_promot_hf: `prompts` (two PEFT prompt-tuning folders per tiny model), `_one_thread` (autouse)
+from test_promot_hf import _one_thread, prompts, qa_contexts  # noqa: E402,F401
+
+MAX_NEW = 16
+BEAMS = 4
+CONTEXTS = 8  # two batches of 4
+
+
+def contexts() -> list[str]:
+    """The QA task's contexts and two more, of different lengths, so that a batch of 4 needs padding."""
+    return qa_contexts() + ["Translate English to German: the river A:",
+                            "The food was slow and the staff rude at the restaurant. One sentence summary:"]
+
+
+class Reference:
+    """transformers' beam search on the inputs promot_hf builds, made from the model folder alone."""
+
+    def __init__(self, model_dir: Path, adapter: Path | None):
+        import transformers
+        from safetensors.torch import load_file
+
+        self.tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        self.seq2seq = config.is_encoder_decoder
+        auto = transformers.AutoModelForSeq2SeqLM if self.seq2seq else transformers.AutoModelForCausalLM
+        self.model = auto.from_pretrained(model_dir).eval()
+        self.prompt = None
+        if adapter is not None:
+            n = json.loads((Path(adapter) / "adapter_config.json").read_text())["num_virtual_tokens"]
+            self.prompt = load_file(str(Path(adapter) / "adapter_model.safetensors"))["prompt_embeddings"][:n]
+
+    def order(self, texts: list[str]) -> list[int]:
+        """The order lm-eval's Collator runs the requests in: longest first."""
+        return sorted(range(len(texts)), key=lambda i: (-len(self.tok(texts[i]).input_ids), texts[i]))
+
+    @torch.no_grad()
+    def generate(self, texts: list[str], batch_size: int, stops: list[str] | None) -> list[str]:
+        """Uncut texts in the order of `texts`, generated in promot_hf's batches and padding layout."""
+        out = [None] * len(texts)
+        order = self.order(texts)
+        for b in range(0, len(order), batch_size):
+            batch = order[b:b + batch_size]
+            for i, text in zip(batch, self._batch([texts[i] for i in batch], stops), strict=True):
+                out[i] = text
+        return out
+
+    def _batch(self, texts, stops):
+        tok, embed = self.tok, self.model.get_input_embeddings()
+        rows = [tok(text).input_ids for text in texts]
+        width = max(map(len, rows))
+        ids, mask = [], []
+        for row in rows:  # decoder-only: padded on the left; encoder: on the right
+            pad = [tok.pad_token_id] * (width - len(row))
+            ids.append(row + pad if self.seq2seq else pad + row)
+            mask.append([1] * len(row) + [0] * len(pad) if self.seq2seq else [0] * len(pad) + [1] * len(row))
+        ids, mask = torch.tensor(ids), torch.tensor(mask)
+        if self.prompt is None:
+            inputs, start = {"input_ids": ids}, 1 if self.seq2seq else width
+        else:
+            p = self.prompt.shape[0]
+            vectors = self.prompt.unsqueeze(0).expand(len(rows), -1, -1)
+            if self.seq2seq:  # [prompt, tokens, pad...]
+                embeds, mask = torch.cat([vectors, embed(ids)], 1), torch.cat([torch.ones(len(rows), p).long(), mask], 1)
+            else:  # [pad..., prompt, tokens]
+                embeds = torch.stack([torch.cat([embed(r[:width - len(row)]), v, embed(r[width - len(row):])])
+                                      for r, v, row in zip(ids, vectors, rows, strict=True)])
+                mask = torch.stack([torch.cat([m[:width - len(row)], torch.ones(p + len(row)).long()])
+                                    for m, row in zip(mask, rows, strict=True)])
+            inputs, start = {"inputs_embeds": embeds}, 1 if self.seq2seq else 0
+        extra = {"stop_strings": stops, "tokenizer": tok} if stops else {}
+        out = self.model.generate(**inputs, attention_mask=mask, num_beams=BEAMS, do_sample=False,
+                                  max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id, **extra)
+        return [self.decode(row[start:]) for row in out.tolist()]
+
+    def decode(self, tokens: list[int]) -> str:
+        if self.tok.eos_token_id in tokens:
+            tokens = tokens[:tokens.index(self.tok.eos_token_id)]
+        return self.tok.decode(tokens, skip_special_tokens=True)
+
+
+def frequent_stops(texts: list[str]) -> list[list[str]]:
+    """Stop-string sets that occur in the unconstrained beam outputs: the letter-only substrings of 1 to 3
+    characters found in the most rows, and "\n". Neither can join a context's final ':' or the decoder start
+    token into a stop string, where transformers' check, which reads the whole sequence, differs by design."""
+    rows = collections.Counter()
+    for text in texts:
+        rows.update({text[i:i + n] for n in (1, 2, 3) for i in range(len(text) - n + 1) if text[i:i + n].isalpha()})
+    ranked = sorted(rows, key=lambda sub: (-rows[sub], sub))
+    best = {n: [sub for sub in ranked if len(sub) == n] for n in (1, 2, 3)}
+    assert len(best[1]) >= 1 and len(best[2]) >= 3 and len(best[3]) >= 2, texts
+    return [[best[3][0]], [best[2][0], best[2][1]], [best[3][1], best[1][0]], [best[2][2], "\n"]]
+
+
+def promot(model_dir, adapter, batch_size):
+    from model_adapters.promot_hf import PromotHFLM
+
+    if adapter is None:
+        return PromotHFLM(pretrained=str(model_dir), prompt="off", device="cpu", dtype="float32",
+                          batch_size=batch_size)
+    return PromotHFLM(pretrained=str(model_dir), soft_prompt=str(adapter), prompt="on", device="cpu",
+                      dtype="float32", batch_size=batch_size)
+
+
+def requests(texts, stops):
+    from lm_eval.api.instance import Instance
+
+    gen_kwargs = {"until": stops, "max_gen_toks": MAX_NEW, "do_sample": False, "num_beams": BEAMS}
+    return [Instance("generate_until", {}, (text, gen_kwargs), i, ("promot_test_qa", i, 1))
+            for i, text in enumerate(texts)]
+
+
+@pytest.mark.parametrize("with_prompt", [False, True], ids=["bare", "prompt"])
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_beam_search_stop_strings_equal_transformers(kind, with_prompt, tiny_models, prompts):  # noqa: F811
+    """promot_hf's texts equal transformers' `stop_strings` beam search, cut as lm-eval cuts, at batch 1 and 4
+    (each against transformers at the same batches and padding). The old sticky per-slot check failed here."""
+    model_dir = tiny_models[kind]
+    adapter = prompts[kind][0] if with_prompt else None
+    ref, texts = Reference(model_dir, adapter), contexts()
+    stop_sets = frequent_stops(ref.generate(texts, 1, None))
+    for batch_size in (1, 4):
+        lm = promot(model_dir, adapter, batch_size)
+        cut_rows = 0
+        for stops in stop_sets:
+            expected = ref.generate(texts, batch_size, stops)
+            cut_rows += sum(cut(text, stops) != text for text in expected)
+            ours = lm.generate_until(requests(texts, stops), disable_tqdm=True)
+            assert ours == [cut(text, stops) for text in expected], (batch_size, stops)
+        assert cut_rows >= CONTEXTS // 2, (batch_size, stop_sets)  # the stop strings do stop generations
+
+
+# ---- the criterion itself ----
+
+
+def _toy_decode(vocab):
+    return lambda ids: "".join(vocab[i] for i in ids)
+
+
+def test_stop_check_judges_each_row_by_its_own_tokens():
+    """The old check kept a per-slot "done" flag: once slot 0 had held a stop string, every later hypothesis in
+    that slot counted as stopped. Here each call reads the rows it is given, in whatever number."""
+    from model_adapters.stop_strings import StopStrings
+
+    vocab = {0: "<pad>", 1: "Q", 2: "a", 3: "b", 4: "c", 5: "xaby", 6: ":"}
+    check = StopStrings(["ab", ""], _toy_decode(vocab), start=2)  # the first two tokens are the context
+
+    def step(rows):
+        return check(torch.tensor(rows), None).tolist()
+
+    assert step([[1, 6, 2, 3], [1, 6, 4, 4]]) == [True, False]
+    # the next step: slot 0 now holds another hypothesis, without "ab", and there are 2 * num_beams candidates
+    assert step([[1, 6, 4, 4, 2], [1, 6, 2, 3, 4], [1, 6, 4, 2, 3], [1, 6, 4, 5, 4]]) == [False, True, True, True]
+    assert step([[1, 6, 4, 5]]) == [True]  # a stop string inside the last token
+    assert step([[1, 2, 3, 4]]) == [False]  # the context's "ab" is not generated text
+    assert StopStrings([], _toy_decode(vocab), start=2)(torch.tensor([[1, 6, 2, 3]]), None).tolist() == [False]
+    assert step([[1, 6]]) == [False]  # nothing generated yet
+
+
+def test_stop_check_reads_only_the_tail():
+    """Only the last max(len(stop)) + MARGIN tokens are decoded, enough for a stop string ending there."""
+    from model_adapters.stop_strings import MARGIN, StopStrings
+
+    seen = []
+    vocab = {0: "a", 1: "b", 2: "c"}
+
+    def decode(ids):
+        seen.append(len(ids))
+        return _toy_decode(vocab)(ids)
+
+    check = StopStrings(["abc", "b"], decode, start=0)
+    assert check(torch.tensor([[0] * 30 + [0, 1, 2]]), None).tolist() == [True]
+    assert check(torch.tensor([[0, 1, 2] + [0] * 30]), None).tolist() == [False]  # long ago: a finished row
+    assert seen == [3 + MARGIN, 3 + MARGIN]
+
+
+def test_stop_check_agrees_with_transformers_step_by_step(tiny_models):
+    """Checked after every new token, as generate does, both checks stop a sequence at the same step, also
+    where the stop string lies inside the last token rather than at the end of the text."""
+    import transformers
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    from model_adapters.stop_strings import StopStrings
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_models["llama"])
+    words = sorted(i for t, i in tok.get_vocab().items() if t.strip("▁").isalpha() or t in ("▁", ".", "\n"))
+    gen = torch.Generator().manual_seed(0)
+    stopped = inside = 0
+    for stop in [["an"], ["e", "th"], ["ion"], ["\n", "er"], ["or"]]:
+        ours = StopStrings(stop, lambda ids: tok.decode(ids, skip_special_tokens=True), start=0)
+        theirs = StopStringCriteria(tok, stop)
+        for _ in range(10):
+            seq = [words[int(i)] for i in torch.randint(len(words), (12,), generator=gen)]
+            for n in range(1, len(seq) + 1):
+                ids = torch.tensor([seq[:n]])
+                done = bool(ours(ids, None)[0])
+                assert done == bool(theirs(ids, None)[0]), (stop, tok.convert_ids_to_tokens(seq[:n]))
+                if done:
+                    stopped += 1
+                    inside += not any(tok.decode(seq[:n]).endswith(s) for s in stop)
+                    break
+    assert stopped >= 15 and inside >= 5, (stopped, inside)
