@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from harness_tasks.data import load_dataset_dict
@@ -33,7 +34,7 @@ def model_tokenizer(metadata: dict, key: str):
     """The tokenizer of the model being scored, found from its `--model_args` (lm-eval merges them into
     every task's metadata): `tokenizer=`, else `pretrained=` (a fmtspec run folder: the run's tokenizer).
     None, with a warning, when there is no such argument (a model built in Python) or it cannot be loaded."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
     from fmtspec import run_folder
 
@@ -43,14 +44,22 @@ def model_tokenizer(metadata: dict, key: str):
     if isinstance(name, str) and run_folder.is_run_folder(name):
         name = run_folder.tokenizer_path(name, run_folder.read_manifest(name))
     if isinstance(name, str) and name:
-        kwargs = {"trust_remote_code": True} if str(metadata.get("trust_remote_code")).lower() == "true" else {}
-        if metadata.get("revision") and not metadata.get("tokenizer"):
-            kwargs["revision"] = metadata["revision"]
+        trust = str(metadata.get("trust_remote_code")).lower() == "true"
+        revision = None if metadata.get("tokenizer") else metadata.get("revision")
         try:
-            return AutoTokenizer.from_pretrained(name, **kwargs)
+            return _load_tokenizer(name, revision, trust)
         except Exception as exc:  # the model loaded already, so this is rare: say why and cut by words
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.warning("fmtspec_%s: cannot load tokenizer %s (%s)", key, name, reason)
     log.warning("fmtspec_%s: articles cut to %d whitespace words, not %d tokens of the model's tokenizer: "
                 "give --model_args tokenizer=<name or folder>", key, SUMMARY_MAX_TOKENS, SUMMARY_MAX_TOKENS)
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(name: str, revision: str | None, trust_remote_code: bool):
+    """Loaded once per process: a run scores XSum and WikiLingua at 1 and 4 shots with the same model."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"revision": revision} if revision else {}
+    return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
