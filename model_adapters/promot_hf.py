@@ -278,7 +278,7 @@ class PromotHFLM(HFLM):
 
     @torch.no_grad()
     def _generate_rows(self, rows: list[list[int]], max_new: int, until: list[str], kwargs: dict) -> list[list[int]]:
-        """Greedy (or sampled) generation of at most `max_new` tokens per row; returns the new tokens only.
+        """Greedy, sampled or beam-search generation of at most `max_new` tokens per row; returns the new tokens.
 
         Decoder-only rows are padded on the left of [prompt, tokens] and encoder rows on the right, with
         the mask, so that positions do not depend on the batch."""

@@ -169,11 +169,11 @@ def test_lm_eval_promot_hf_scores_it(spiece, data_env):
 def test_trained_run_folder_is_scored_as_the_trainer_validated_it(spiece, data_env, tmp_path):
     """ProMoT on the fixtures (configs/tiny/promot.yaml), then `lm_eval --model promot_hf` on the run folder:
     its generations are those the trainer made when it chose the checkpoint (as tests/test_trainers.py)."""
-    from trainers.config import load_config
-    from trainers.recipes import train
+    from fmtspec.cli import main
 
-    config = load_config(REPO / "configs" / "tiny" / "promot.yaml", [f"model={spiece}", "eval.batch_size=1"])
-    run = train(config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert main(["train", str(REPO / "configs" / "tiny" / "promot.yaml"), "--set", f"model={spiece}",
+                 "--set", "eval.batch_size=1", "--output", str(run)]) == 0  # `fmtspec train`, in this process
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["sentinel"] is True and (run / "soft_prompt").is_dir() and (run / "model").is_dir()
     out = tmp_path / "eval"
