@@ -1,2 +1,54 @@
+"""fmtspec's one error type, and the hook that prints it as one line where no fmtspec command catches it.
+
+The `fmtspec` command catches `FmtspecError` itself. The stock `lm_eval` command lets exceptions from model
+creation and task loading escape to `sys.excepthook`: importing `model_adapters.promot_hf` or the fmtspec
+tasks' lm-eval hooks (`harness_tasks.lm_eval_hooks`) installs `install_excepthook()`, which prints an
+escaping `FmtspecError` as `<where>: <message>` (exit status 1) and leaves every other exception to the
+previous hook (a traceback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+
 class FmtspecError(Exception):
     """A problem with the user's input: the CLI prints its message as one line and exits non-zero."""
+
+    where = "fmtspec"  # what the one-line hook prints before the message (`promot_hf` for its arguments)
+
+
+@contextlib.contextmanager
+def raised_in(where: str):
+    """Label the FmtspecErrors escaping the block with `where` (unless an inner block labelled them)."""
+    try:
+        yield
+    except FmtspecError as exc:
+        if "where" not in vars(exc):
+            exc.where = where
+        raise
+
+
+def one_line(exc: FmtspecError) -> str:
+    """`<where>: <message>`, the message's first line (they are written as one)."""
+    message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{exc.where}: {message}"
+
+
+def _one_line_errors(previous):
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, FmtspecError):
+            sys.stderr.write(one_line(exc) + "\n")
+        else:
+            previous(exc_type, exc, tb)
+
+    hook.fmtspec_hook = True
+    return hook
+
+
+def install_excepthook() -> None:
+    """Print an uncaught FmtspecError as one line (exit status 1 is Python's for any uncaught exception).
+    Idempotent: installed once per process, before whatever hook was there."""
+    if not getattr(sys.excepthook, "fmtspec_hook", False):
+        sys.excepthook = _one_line_errors(sys.excepthook)

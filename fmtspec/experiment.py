@@ -185,14 +185,13 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
     lm_eval = {"batch_size": 8, "limit": None, "gen_kwargs": None, "device": None, "model_args": {}}
     _check_keys(data.get("lm_eval") or {}, LM_EVAL_KEYS, "lm_eval", source)
     lm_eval.update(data.get("lm_eval") or {})
-    if not isinstance(lm_eval["model_args"], dict):
-        raise FmtspecError(f"{source}: 'lm_eval.model_args' must be a mapping (e.g. {{dtype: bfloat16}})")
+    _check_lm_eval(lm_eval, source)
     shared = data.get("train") or {}
     if not isinstance(shared, dict):
         raise FmtspecError(f"{source}: 'train' must be a mapping of training config keys")
     if not isinstance(data["runs"], list):
         raise FmtspecError(f"{source}: 'runs' must be a list of {{label, method or config, ...}}")
-    base_model = _locate_model(base_model, source) if base_model else base_model
+    base_model = _locate_model(base_model, source, "base_model") if base_model else base_model
 
     runs: list[RunSpec] = []
     labels: list[str] = []
@@ -209,7 +208,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         if checkpoints not in ("final", "all"):
             raise FmtspecError(f"{source}: {where}: checkpoints is {checkpoints!r}; choose final or all")
         method = item.get("method")
-        model = _locate_model(item["model"], source) if item.get("model") else base_model
+        model = _locate_model(item["model"], source, f"{where}: model") if item.get("model") else base_model
         if method == PRETRAINED:
             for key in ("config", "train", *RUN_LINKS):
                 if key in item:
@@ -253,8 +252,8 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
                 raise FmtspecError(f"{source}: {where}: stage1_from '{stage1}' is not the label of an earlier "
                                    f"prompt_tuning run{_closest(stage1, known)}")
             raw["stage1_from"] = str(out / "runs" / stage1)
-        try:
-            config = load_config(None, raw=raw)
+        try:  # a tiny: or pretrain: base is checked above and resolved when the run starts
+            config = load_config(None, raw=raw, model_prefixes=(TINY_PREFIX, PRETRAIN_PREFIX))
         except FmtspecError as exc:
             raise FmtspecError(f"{source}: {where}: {exc}") from None
         runs.append(RunSpec(label, config["method"], raw.get("model"), raw, parent, checkpoints, stage1))
@@ -271,8 +270,12 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             if label not in labels or next(r for r in runs if r.label == label).method == PRETRAINED:
                 raise FmtspecError(f"{source}: alignment.runs: '{label}' is not a trained run"
                                    f"{_closest(label, labels)}")
+        for key, low in (("batches", 1), ("batch_size", 2), ("seed", 0)):  # fmtspec.diagnose.alignment_for_run's
+            value = alignment.get(key, low)
+            if not _is_int(value) or value < low:
+                raise FmtspecError(f"{source}: 'alignment.{key}' must be an integer >= {low}, got {value!r}")
     jobs = data.get("jobs", 1)
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+    if not _is_int(jobs) or jobs < 1:
         raise FmtspecError(f"{source}: 'jobs' must be an integer >= 1, got {jobs!r}")
     return Experiment(name, source.resolve(), out, str(base_model) if base_model else "", tasks, checkpoint_tasks,
                       baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source), jobs)
@@ -313,16 +316,26 @@ def _expand_seeds(items: list, source: Path):
             yield i, run
 
 
-def _locate_model(model, source: Path):
+def _locate_model(model, source: Path, key: str = "base_model"):
     """A `base_model` / run `model` as the runs will use it: `pretrain:CONFIG.yaml` with the config found (as a
     run's `config:`) and checked as a pretraining run (trained, or found shipped or cached, only when a run
-    needs it: `resolve_model`); a local model folder as an absolute path; `tiny:` and hub ids as written."""
+    needs it: `resolve_model`); a local model folder as an absolute path; `tiny:<kind>` (a known kind) and hub
+    ids (valid ones: the hub is not asked) as written."""
     from trainers.config import load_config
 
-    if not isinstance(model, str) or model.startswith(TINY_PREFIX):
+    if not isinstance(model, str):
+        raise FmtspecError(f"{source}: {key} must be a hub id, a model folder, {TINY_PREFIX}<kind> or "
+                           f"{PRETRAIN_PREFIX}CONFIG.yaml, got {model!r}")
+    if model.startswith(TINY_PREFIX):
+        from fmtspec.tiny_models import KINDS
+
+        if model[len(TINY_PREFIX):] not in KINDS:
+            kinds = [TINY_PREFIX + k for k in KINDS]
+            raise FmtspecError(f"{source}: {key}: unknown tiny model '{model}'{_closest(model, kinds)}; choose "
+                               f"{', '.join(kinds)}")
         return model
     if not model.startswith(PRETRAIN_PREFIX):
-        return _find_model_folder(model, source)
+        return _find_model_folder(model, source, key)
     path = _find_config(model[len(PRETRAIN_PREFIX):], source)
     try:
         config = load_config(path)
@@ -334,11 +347,45 @@ def _locate_model(model, source: Path):
     return PRETRAIN_PREFIX + str(path)
 
 
-def _find_model_folder(model: str, source: Path) -> str:
+def _find_model_folder(model: str, source: Path, key: str = "base_model") -> str:
     """A model folder found in `_candidates` order (the checkout holds the shipped `models/mini_pretrained/model`),
-    as an absolute path; anything else is a hub id, passed on as is."""
-    folder = next((c for c in _candidates(model, source) if c.is_dir()), None)
+    as an absolute path; anything else is a hub id, passed on as is. A folder needs a config.json; a value
+    that looks like a path but is found nowhere, or is no valid hub id, is an error."""
+    from trainers.config import model_problem
+
+    path = os.path.expanduser(model)
+    folder = next((c for c in _candidates(path, source) if c.is_dir()), None)
+    bases = [] if os.path.isabs(path) else [Path.cwd(), source.parent, REPO]  # those of _candidates
+    looked = f" (looked in {', '.join(dict.fromkeys(map(str, bases)))})" if bases else ""
+    problem = model_problem(str(folder or model), key, bases=bases or None, looked=looked)
+    if problem:
+        raise FmtspecError(f"{source}: {problem}")
     return model if folder is None else os.path.abspath(folder)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_lm_eval(settings: dict, source: Path) -> None:
+    """`lm_eval:` values as lm_eval's command line takes them, checked before any run trains."""
+    import re
+
+    size = settings["batch_size"]
+    if size is not None and not (_is_int(size) and size >= 1
+                                 or isinstance(size, str) and re.fullmatch(r"auto(:[1-9][0-9]*)?", size)):
+        raise FmtspecError(f"{source}: 'lm_eval.batch_size' must be an integer >= 1, auto or auto:N, got {size!r}")
+    limit = settings["limit"]
+    if limit is not None and not (_is_int(limit) and limit >= 1
+                                  or isinstance(limit, float) and 0 < limit < 1):
+        raise FmtspecError(f"{source}: 'lm_eval.limit' must be an integer >= 1 (documents per task), a fraction "
+                           f"between 0 and 1 (of each task's documents) or null (all), got {limit!r}")
+    for key, example in (("gen_kwargs", "max_gen_toks=16"), ("device", "cuda:0")):
+        if settings[key] is not None and not (isinstance(settings[key], str) and settings[key].strip()):
+            raise FmtspecError(f"{source}: 'lm_eval.{key}' must be a string such as '{example}' or null, "
+                               f"got {settings[key]!r}")
+    if not isinstance(settings["model_args"], dict):
+        raise FmtspecError(f"{source}: 'lm_eval.model_args' must be a mapping (e.g. {{dtype: bfloat16}})")
 
 
 def _launcher(value, source: Path) -> list[str] | None:
@@ -349,9 +396,17 @@ def _launcher(value, source: Path) -> list[str] | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise FmtspecError(f"{source}: 'launcher' must be a command, e.g. scripts/train_single_node.sh --num_gpus 8")
+    import shutil
+
     argv = shlex.split(value)
     if "/" in argv[0]:
-        argv[0] = str(_find_config(argv[0], source))
+        argv[0] = str(_find_config(os.path.expanduser(argv[0]), source))
+        if not os.access(argv[0], os.X_OK):
+            raise FmtspecError(f"{source}: launcher {argv[0]} is not executable (chmod +x it, or name its "
+                               f"interpreter first, e.g. bash {argv[0]})")
+    elif shutil.which(argv[0]) is None:
+        raise FmtspecError(f"{source}: launcher '{argv[0]}' is not a command on PATH (nor a file: write a script "
+                           f"as ./{argv[0]} or with its folder)")
     return argv
 
 
@@ -514,14 +569,17 @@ def resolved_config(exp: Experiment, spec: RunSpec) -> tuple[dict, dict]:
 
 def check_trained_configs(exp: Experiment) -> None:
     """Before any work: a finished run trained with another config than the experiment asks for is an error,
-    never silently reused."""
+    never silently reused. A config key added since the run was trained counts as its default value there."""
     from fmtspec.run_folder import is_run_folder, read_manifest
+    from trainers.config import defaults, merge
 
     for spec in exp.runs:
         run_dir = exp.run_dir(spec.label)
         if spec.method == PRETRAINED or not is_run_folder(run_dir):
             continue
         trained = read_manifest(run_dir).get("config")
+        if isinstance(trained, dict):
+            trained = json.loads(json.dumps(merge(defaults(), trained)))
         config = resolved_config(exp, spec)[1]
         if trained is not None and trained != config:
             raise FmtspecError(f"run '{spec.label}': {run_dir} was trained with another config "

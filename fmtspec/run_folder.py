@@ -7,6 +7,8 @@
       prompts/<task>/   one PEFT folder (prompt tuning, or LoRA for `stage1: lora`) per task, multi-task ProMoT
       metrics.jsonl     one JSON object per logged step: step, loss, lr, tokens_per_s, and val_* metrics
       checkpoints/      step-<N>/ folders, each written atomically (temporary folder, then rename)
+      config.json       the resolved config, written when the run starts (--resume compares it)
+      .lock             flock-ed by the one process writing the folder (its pid inside); readers ignore it
 
 run.json keys (all written by the trainers; readers must tolerate extra keys):
     format        "fmtspec-run/1"
@@ -30,6 +32,10 @@ from fmtspec.errors import FmtspecError
 
 MANIFEST = "run.json"
 FORMAT = "fmtspec-run/1"
+# The trainer replaces a folder (model/, soft_prompt/, prompts/) by renaming the old one to .old-<name>-<pid>,
+# then the new one into place (trainers/run.py swap_in): a writer killed between the two leaves the old one,
+# whole, under that name. Readers then use it; the next writer puts it back.
+ASIDE = ".old-"
 
 
 def is_run_folder(path: str | Path) -> bool:
@@ -51,10 +57,22 @@ def read_manifest(run_dir: str | Path) -> dict:
     return manifest
 
 
+def located(run_dir: str | Path, relative: str) -> Path:
+    """RUN_DIR/relative, or where a killed writer left it moved aside (see ASIDE)."""
+    path = Path(run_dir) / relative
+    if path.exists():
+        return path
+    top, *rest = Path(relative).parts
+    for aside in sorted(Path(run_dir).glob(f"{ASIDE}{top}-*")):
+        if aside.joinpath(*rest).exists():
+            return aside.joinpath(*rest)
+    return path
+
+
 def model_path(run_dir: str | Path, manifest: dict) -> str:
     """Where the run's model weights are: its own model/ folder, or the base model it left unchanged."""
     if manifest.get("model"):
-        return str(Path(run_dir) / manifest["model"])
+        return str(located(run_dir, manifest["model"]))
     return manifest["base_model"]
 
 
@@ -73,4 +91,4 @@ def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
 
 def prompt_paths(run_dir: str | Path, manifest: dict) -> dict[str, Path]:
     """{task name or glob pattern: absolute prompt folder}."""
-    return {task: Path(run_dir) / rel for task, rel in (manifest.get("prompts") or {}).items()}
+    return {task: located(run_dir, rel) for task, rel in (manifest.get("prompts") or {}).items()}

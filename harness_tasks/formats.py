@@ -2,12 +2,15 @@
 prefixes (seed 001, section 3.2). The lm-eval YAMLs, the trainers and `examples.render` all call these.
 
 Each `Format` maps a raw record (in its dataset's own schema) to the text before the answer and the answer.
-lm-eval joins demonstrations as `text + " " + answer`, separated by a blank line.
+lm-eval joins demonstrations as `text + " " + answer`, separated by a blank line. It also names the record
+fields that its template, answer and metrics read (`fields`), which `harness_tasks.data` checks in every
+record it loads, so a record without one stops with one line instead of being scored as the text "None".
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -38,6 +41,9 @@ class Format:
     prefix: str | None = None  # the token that starts every example; a second one starts the next example
     choices: tuple[str, ...] = ()  # label tasks: the words the first output word is matched against
     article: str | None = None  # summarization: the record field cut to SUMMARY_MAX_TOKENS (`cut_articles`)
+    # The fields the template, the answer and the metrics read, each present and not null in every record:
+    # `a.b` a nested field, `a[]` a list (may be empty), `a[0]` a non-empty list whose first item is read.
+    fields: tuple[str, ...] = ()
 
 
 def cut_words(text: str, max_words: int = SUMMARY_MAX_TOKENS) -> str:
@@ -103,7 +109,7 @@ def _label(names: dict[int, str]):
 
 def _nli(template: str, names: dict[int, str]) -> Format:
     return Format(lambda d: template.format(premise=d["premise"], hypothesis=d["hypothesis"]), _label(names),
-                  choices=tuple(names[i] for i in sorted(names)))
+                  choices=tuple(names[i] for i in sorted(names)), fields=("premise", "hypothesis", "label"))
 
 
 def _openbookqa_text(doc: dict) -> str:
@@ -113,12 +119,13 @@ def _openbookqa_text(doc: dict) -> str:
 
 def _translation(source: str, target: str, name: str, prefix: str = "Translate") -> Format:
     return Format(lambda d: f"{prefix} English to {name}: {d['translation'][source]}",
-                  lambda d: d["translation"][target], prefix=prefix)
+                  lambda d: d["translation"][target], prefix=prefix,
+                  fields=(f"translation.{source}", f"translation.{target}"))
 
 
 def _summary(document: str, summary: str) -> Format:
     return Format(lambda d: f"Article: {d[document]} One sentence summary:", lambda d: d[summary],
-                  prefix="Article:", article=document)
+                  prefix="Article:", article=document, fields=(document, summary))
 
 
 def mcd_labels(doc: dict) -> tuple[str, ...]:
@@ -136,21 +143,37 @@ FORMATS: dict[str, Format] = {
     "cb": _nli(NLI_3WAY, {0: "True", 1: "False", 2: "Neither"}),  # 0 entailment, 1 contradiction, 2 neutral
     "snli": _nli(NLI_3WAY, {0: "True", 2: "False", 1: "Neither"}),  # 0 entailment, 1 neutral, 2 contradiction
     "wic": Format(lambda d: WIC.format(sentence1=d["sentence1"], sentence2=d["sentence2"], word=d["word"]),
-                  _label({1: "True", 0: "False"}), choices=("True", "False")),
-    "openbookqa": Format(_openbookqa_text, lambda d: d["answerKey"], prefix="Q:", choices=("A", "B", "C", "D")),
-    "triviaqa": Format(lambda d: f"Q: {d['question']} A:", lambda d: d["answer"]["value"], prefix="Q:"),
-    "webqs": Format(lambda d: f"Q: {d['question']} A:", lambda d: d["answers"][0], prefix="Q:"),
+                  _label({1: "True", 0: "False"}), choices=("True", "False"),
+                  fields=("sentence1", "sentence2", "word", "label")),
+    "openbookqa": Format(_openbookqa_text, lambda d: d["answerKey"], prefix="Q:", choices=("A", "B", "C", "D"),
+                         fields=("question_stem", "choices.text[]", "choices.label[]", "answerKey")),
+    # TriviaQA's aliases may be empty (rc.nocontext), WebQuestions' answers may not: the first is the target
+    "triviaqa": Format(lambda d: f"Q: {d['question']} A:", lambda d: d["answer"]["value"], prefix="Q:",
+                       fields=("question", "answer.value", "answer.aliases[]")),
+    "webqs": Format(lambda d: f"Q: {d['question']} A:", lambda d: d["answers"][0], prefix="Q:",
+                    fields=("question", "answers[0]")),
     "wmt14_en_fr": _translation("en", "fr", "French"),
     "wmt16_en_de": _translation("en", "de", "German"),
     "wmt16_en_ro": _translation("en", "ro", "Romanian"),
     "xsum": _summary("document", "summary"),
     "wikilingua_en": _summary("source", "target"),
     "a2t": Format(lambda d: f"abstract to title: {one_line(d['abstract'])}", lambda d: one_line(d["title"]),
-                  prefix="abstract to title:"),
+                  prefix="abstract to title:", fields=("abstract", "title")),
     "alt_en_zh": _translation("en", "zh", "Chinese", prefix="translate"),
+    # an empty `policies_violated` is a row no contributor judged (dropped by data.py), a missing one an error
     "mcd_reviews": Format(lambda d: f"multi-label classification: {d['review']}", mcd_target,
-                          prefix="multi-label classification:"),
+                          prefix="multi-label classification:", fields=("review", "policies_violated")),
 }
+
+
+def _mini_fields(task: str) -> tuple[str, ...]:
+    """A miniature task's fields: those its generator writes (what its template reads), `answers` the target's
+    list (as WebQuestions)."""
+    record = mini_world.GENERATORS[task](random.Random(0))
+    return tuple("answers[0]" if name == "answers" else name for name in record)
+
+
 # The miniature world's tasks: templates in mini_world.py, the answer in `answers` (as WebQuestions).
-FORMATS.update({mini_world.data_key(task): Format(t.doc_to_text, mini_world.doc_to_target, prefix=t.prefix)
+FORMATS.update({mini_world.data_key(task): Format(t.doc_to_text, mini_world.doc_to_target, prefix=t.prefix,
+                                                  fields=_mini_fields(task))
                 for task, t in mini_world.TEMPLATES.items()})

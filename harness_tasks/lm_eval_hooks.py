@@ -1,16 +1,22 @@
 """The functions an fmtspec task YAML names, bound to its data key. Each task folder's utils.py is one
-`bind(<key>)` call, so templates, loading and metrics live once, in formats.py, data.py and metrics.py."""
+`bind(<key>)` call, so templates, loading and metrics live once, in formats.py, data.py and metrics.py.
+
+lm-eval imports this module when it loads an fmtspec task, whatever the model (`--model hf` never imports
+promot_hf): it installs fmtspec's one-line hook, so a data error (a record without a field its task reads,
+a file that is not UTF-8) ends the `lm_eval` command with one line, not a traceback."""
 
 from __future__ import annotations
 
 import functools
 import logging
 
+from fmtspec.errors import install_excepthook
 from harness_tasks.data import load_dataset_dict
 from harness_tasks.formats import FORMATS, SUMMARY_MAX_TOKENS, cut_articles
 from harness_tasks.metrics import process_results
 
 log = logging.getLogger(__name__)
+install_excepthook()
 
 
 def bind(key: str):

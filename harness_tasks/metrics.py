@@ -149,6 +149,17 @@ def aggregations(key: str) -> dict:
     return {**metrics, "score": scaled, "norm_avg": scaled, "fmt_label_share": "mean"}
 
 
+# BLEU (sacreBLEU's) and fmtspec's `score`/`norm_avg` are on 0-100; every other metric here is a fraction.
+PERCENT_METRICS = ("bleu", "score", "norm_avg")
+
+
+def metric_range(key: str, metric: str) -> tuple[float, float] | None:
+    """(low, high) of `metric` as task `key` reports it; None for a metric the task does not report."""
+    if metric not in aggregations(key):
+        return None
+    return (0.0, 100.0) if metric in PERCENT_METRICS else (0.0, 1.0)
+
+
 def process_results(key: str, doc: dict, output: str) -> dict:
     """Per-doc items of every metric of `key` for one raw generation (lm-eval's `process_results`)."""
     info, fmt = BY_KEY[key], FORMATS[key]

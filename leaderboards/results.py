@@ -20,7 +20,8 @@ from pathlib import Path
 
 from fmtspec.errors import FmtspecError
 from fmtspec.run_folder import is_run_folder, read_manifest
-from harness_tasks.catalog import GROUPS
+from harness_tasks.catalog import GROUPS, parse_task_name
+from harness_tasks.metrics import metric_range
 
 LM_EVAL_KEYS = ("versions", "n-shot", "configs", "config")
 RESULTS_GLOB = "results_*.json"
@@ -69,7 +70,39 @@ def load_results_file(path: Path) -> dict:
     if not scored and not any(key in data for key in LM_EVAL_KEYS):
         raise FmtspecError(f"{path} is not an lm-eval results file: no 'metric,filter' scores and none of "
                            f"lm-eval's keys ({', '.join(LM_EVAL_KEYS)})")
+    check_ranges(path, data)
     return data
+
+
+def _range(name: str, metric: str) -> tuple[float, float] | None:
+    """The range of an fmtspec task's or group's metric (harness_tasks/metrics.py); None for other tasks'."""
+    try:
+        keys = [parse_task_name(task)[0].key for task in GROUPS.get(name, [name])]
+    except KeyError:
+        return None
+    return next((r for key in keys if (r := metric_range(key, metric)) is not None), None)
+
+
+def check_ranges(path: Path, data: dict) -> None:
+    """Refuse a value of an fmtspec task's metric outside its range (lm-eval's fractions 0..1, BLEU and
+    fmtspec's score/norm_avg 0..100) and a negative standard error: the board scales fractions x100, so a
+    file already on 0-100 would show 5500.00. Values that are not numbers count as missing, as the board
+    shows them."""
+    for name, metrics in data["results"].items():
+        for key, value in metrics.items():
+            metric = key.partition(",")[0]
+            bounds = _range(name, metric.removesuffix("_stderr"))
+            number = _number(value)
+            if bounds is None or number is None:
+                continue
+            if metric.endswith("_stderr"):
+                if number < 0:
+                    raise FmtspecError(f"{path}: task {name}: {key} = {value} is negative (a standard error is >= 0)")
+            elif not bounds[0] - 1e-9 <= number <= bounds[1] + 1e-9:
+                why = ("lm-eval reports it as a fraction, which the board shows x100" if bounds[1] == 1.0
+                       else f"{metric} is on 0-100")
+                raise FmtspecError(f"{path}: task {name}: {key} = {value} is outside {bounds[0]:g}..{bounds[1]:g} "
+                                   f"({why})")
 
 
 def group_names(data: dict) -> set[str]:

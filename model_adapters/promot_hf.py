@@ -18,8 +18,11 @@ at most `max_gen_toks` new tokens, stops at the stop strings, and gives the same
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import inspect
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -27,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from fmtspec import run_folder
-from fmtspec.errors import FmtspecError
+from fmtspec.errors import FmtspecError, install_excepthook, raised_in
 from fmtspec.sentinels import sentinel_ids
 from model_adapters.soft_prompt import CONFIG_FILE, check_width, load_soft_prompt, read_adapter_type
 from model_adapters.stop_strings import StopStrings
@@ -56,19 +60,25 @@ class PromotHFLM(HFLM):
     sentinel      true | false: append <extra_id_0> to generation contexts and keep sentinels in the output
     max_length    as `hf`'s; default the model's own, or RELATIVE_POSITION_CONTEXT for T5-family models
     Every other argument goes to `hf` unchanged. Requests cut to fit max_length are counted per task and
-    written into the results file (`config.promot_hf.truncated_requests`).
+    written into the results file (`config.promot_hf.truncated_requests`). Errors in the arguments are
+    FmtspecErrors that the `lm_eval` command prints as one line `promot_hf: ...`.
     """
 
-    def __init__(self, pretrained, soft_prompt=None, prompt="auto", prompt_tasks=None, sentinel=None, **kwargs):
+    @raised_in("promot_hf")
+    def __init__(self, pretrained=None, soft_prompt=None, prompt="auto", prompt_tasks=None, sentinel=None, **kwargs):
+        _check_pretrained(pretrained, pretrained)
         self._prompt_mode = _parse_mode(prompt)
         sentinel = None if sentinel in (None, "") else _parse_bool(sentinel, "sentinel")
         self._active = None  # [P, d] prompt of the group of requests being run, or None
         self._task_prompts: dict[str, str | None] = {}  # every task seen -> the prompt folder it ran with
         self._truncated: dict[str, int] = {}  # every task seen -> how many of its requests were cut to fit
         self._request_tasks = None  # task of each request `hf`'s loglikelihood passes on, in order
+        self._explicit_tasks = prompt_tasks not in (None, "")  # prompt_tasks= given (not the run folder's)
+        self._checked_tasks = False  # whether prompt_tasks= was checked against the run's tasks
         self._run_dir, manifest = _open_run_folder(pretrained, kwargs.get("subfolder"))
         if manifest is not None:
-            pretrained = run_folder.model_path(self._run_dir, manifest)
+            given, pretrained = pretrained, run_folder.model_path(self._run_dir, manifest)
+            _check_pretrained(pretrained, given)
             if "tokenizer" not in kwargs:
                 kwargs["tokenizer"] = run_folder.tokenizer_path(self._run_dir, manifest)
         self._routes, untasked = _prompt_routes(self._run_dir, manifest, soft_prompt, prompt_tasks, self._prompt_mode)
@@ -78,7 +88,13 @@ class PromotHFLM(HFLM):
         loras = [folder for folder in folders if read_adapter_type(folder) == "LORA"]
         # read every prompt before loading the model, so that a bad folder fails fast
         soft_prompts = {folder: load_soft_prompt(folder) for folder in folders if folder not in loras}
-        super().__init__(pretrained=pretrained, **kwargs)
+        try:
+            super().__init__(pretrained=pretrained, **kwargs)
+        except (TypeError, SafetensorError) as exc:
+            known = _model_load_error(exc, pretrained, kwargs)
+            if known is None:
+                raise
+            raise known from None
 
         embeddings = self.model.get_input_embeddings().weight
         self._prompts = {}  # prompt folder -> [P, d] on the model's device, in its dtype
@@ -106,8 +122,12 @@ class PromotHFLM(HFLM):
                 return folder
         return None
 
+    @raised_in("promot_hf")
     def _per_prompt(self, requests, run):
         """Run `run` on the requests of each prompt (or none) in turn; results in the requests' order."""
+        if not self._checked_tasks:
+            self._checked_tasks = True
+            self._check_prompt_tasks(requests)
         groups: dict[str | None, list[int]] = {}
         for i, request in enumerate(requests):
             folder = self._prompt_for(request.task_name)
@@ -123,6 +143,18 @@ class PromotHFLM(HFLM):
             finally:
                 self._activate(None)
         return results
+
+    def _check_prompt_tasks(self, requests) -> None:
+        """prompt=auto with prompt_tasks= that match none of the run's tasks would score every task without the
+        prompt: an error at the first batch, when the tasks are known. (prompt_tasks from a run folder that
+        match none: a warning at the end, `get_model_info`.)"""
+        if self._prompt_mode != "auto" or not self._explicit_tasks or not self._routes:
+            return
+        tasks = _tasks_of_run(requests)
+        if tasks and not any(self._prompt_for(task) for task in tasks):
+            raise FmtspecError(f"prompt_tasks={'|'.join(p for p, _ in self._routes)} matches none of the tasks of "
+                               f"this run ({', '.join(sorted(tasks))}): name them (`|`-separated names or globs), "
+                               "or use prompt=on|off")
 
     def _activate(self, folder: str | None) -> None:
         """Make `folder`'s prompt (or LoRA adapter) the one the next forward passes use; None: the bare model."""
@@ -371,6 +403,121 @@ class PromotHFLM(HFLM):
 # ---- arguments ----
 
 
+def _check_pretrained(pretrained, given) -> None:
+    """`pretrained` (what `given` names: itself, or the run folder whose model it is) must be an existing
+    folder or a hub model id; a path that looks local (absolute, ./ ../ ~, or below an existing folder) and
+    does not exist is a missing folder, not a hub id to try."""
+    if pretrained is None:
+        raise FmtspecError("give pretrained=<model folder, hub id or fmtspec run folder>")
+    if not isinstance(pretrained, str):  # a model object, from Python
+        return
+    text = pretrained.strip()
+    path = Path(text).expanduser()
+    of = "" if pretrained == given else f" (the run folder's model {pretrained})"
+    if path.is_dir():
+        return
+    if path.exists():
+        raise FmtspecError(f"pretrained={given}{of}: not a folder (give a model folder, hub id or run folder)")
+    local = (path.is_absolute() or text.startswith(("./", "../", "~")) or text in (".", "..")
+             or (len(path.parts) > 1 and path.parent.is_dir()))
+    if local:
+        raise FmtspecError(f"pretrained={given}{of}: no such folder")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise FmtspecError(f"pretrained={given}{of}: no such folder, and not a hub model id "
+                           "(<name> or <namespace>/<name>)") from None
+
+
+def _arguments() -> list[str]:
+    """The model arguments promot_hf and `hf` name (others go to the model's `from_pretrained`)."""
+    names = []
+    for init in (PromotHFLM.__init__, HFLM.__init__):
+        parameters = inspect.signature(inspect.unwrap(init)).parameters.values()
+        names += [p.name for p in parameters if p.name != "self" and p.kind is not p.VAR_KEYWORD]
+    return list(dict.fromkeys(names))
+
+
+def _model_load_error(exc: Exception, pretrained, kwargs: dict) -> FmtspecError | None:
+    """One line for a model load error whose cause is known: a model argument that nothing takes (`hf` hands
+    unknown ones to `from_pretrained`, and the model's __init__ refuses them), or a safetensors file that
+    cannot be read. None for any other error (re-raised as it is)."""
+    if isinstance(exc, TypeError):
+        match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        if match is None or match.group(1) not in kwargs:
+            return None
+        name = match.group(1)
+        close = difflib.get_close_matches(name, _arguments(), n=1)
+        hint = (f"did you mean {close[0]}=?" if close else
+                "promot_hf takes pretrained, soft_prompt, prompt, prompt_tasks, sentinel and every hf argument")
+        return FmtspecError(f"unknown model argument {name}= (neither promot_hf's, hf's nor the model's); {hint}")
+    found = _unreadable_safetensors(_weight_folders(pretrained, kwargs))
+    if found is None:
+        return None
+    file, reason = found
+    return FmtspecError(f"cannot read model weights {file}: {reason} (a truncated or corrupt safetensors file: "
+                        "download or save it again)")
+
+
+def _weight_folders(pretrained, kwargs: dict) -> list[Path]:
+    """Where `hf` read safetensors from: the model folder (or its hub cache snapshot) and a `peft=` adapter."""
+    if not isinstance(pretrained, str):
+        return []
+    subfolder = kwargs.get("subfolder") or ""
+    folders = []
+    if Path(pretrained).is_dir():
+        folders.append(Path(pretrained) / subfolder)
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(pretrained, f"{subfolder}/config.json" if subfolder else "config.json",
+                                        revision=kwargs.get("revision") or None)
+        if isinstance(config, str):
+            folders.append(Path(config).parent)
+    if isinstance(kwargs.get("peft"), str) and Path(kwargs["peft"]).is_dir():
+        folders.append(Path(kwargs["peft"]))
+    return folders
+
+
+def _unreadable_safetensors(folders: list[Path]) -> tuple[Path, str] | None:
+    """(file, reason) of the first safetensors file in `folders` whose header cannot be read, or None."""
+    from safetensors import safe_open
+
+    for folder in folders:
+        for file in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                return file, (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def _tasks_of_run(requests) -> set[str] | None:
+    """The tasks of every request of the run, or None where they cannot be known. lm-eval's evaluator hands
+    the model one request type at a time (a multiple-choice task's loglikelihoods, then the generations, ...),
+    so the first call may not show every task: the evaluator's `requests` (request type -> instances) are read
+    from its frame (lm-eval 0.4's `evaluate`; the tests hold it to the installed version). Called from
+    elsewhere, None: the check waits for the end (`get_model_info` warns)."""
+    try:
+        from lm_eval import evaluator
+
+        code = inspect.unwrap(evaluator.evaluate).__code__
+    except (ImportError, AttributeError):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    pending = frame.f_locals.get("requests") if frame is not None else None
+    if not isinstance(pending, dict):
+        return None
+    tasks = {request.task_name for request in requests}
+    tasks |= {getattr(r, "task_name", None) for rs in pending.values() if isinstance(rs, list) for r in rs}
+    return tasks - {None}
+
+
 def _parse_mode(prompt) -> str:
     mode = str(prompt).strip().lower()
     if mode not in PROMPT_MODES:
@@ -458,18 +605,5 @@ def _tasks_of_prompt_in_run(folder: str) -> list[str]:
     return []
 
 
-def _one_line_errors(previous):
-    """The `lm_eval` CLI lets exceptions from model creation escape: print ours as one line (exit status 1)."""
-
-    def hook(exc_type, exc, tb):
-        if issubclass(exc_type, FmtspecError):
-            sys.stderr.write(f"promot_hf: {exc}\n")
-        else:
-            previous(exc_type, exc, tb)
-
-    hook.fmtspec_hook = True
-    return hook
-
-
-if not getattr(sys.excepthook, "fmtspec_hook", False):
-    sys.excepthook = _one_line_errors(sys.excepthook)
+# The `lm_eval` CLI lets exceptions from model creation escape: ours print as one line (exit status 1).
+install_excepthook()

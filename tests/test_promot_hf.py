@@ -291,17 +291,21 @@ def test_run_folder_single_and_multi_task(tiny_models, prompts, task_manager, tm
                                                               QA: str(multi / "prompts" / QA)}
 
 
-def test_prompt_tasks_matching_no_task_warns(tiny_models, prompts, task_manager, caplog, tmp_path):
+def test_prompt_tasks_matching_no_task(tiny_models, prompts, task_manager, caplog, tmp_path):
     from model_adapters.promot_hf import PromotHFLM
 
     model_dir, prompt = tiny_models["t5"], prompts["t5"][0]
+    # given prompt_tasks= that match no task of the run: an error at the first batch, not a run without the prompt
+    with pytest.raises(FmtspecError, match=r"^prompt_tasks=fmtspec_rte matches none of the tasks of this run "
+                                           r"\(promot_test_nli, promot_test_qa\)"):
+        evaluate(task_manager, "promot_hf", f"pretrained={model_dir},soft_prompt={prompt},prompt_tasks=fmtspec_rte")
+    # the run folder's own prompt tasks matching none: a warning
+    run = _run_folder(tmp_path / "run", model_dir, {"fmtspec_rte": prompt}, tasks=["fmtspec_rte"])
     with caplog.at_level(logging.WARNING):
-        results, _ = evaluate(task_manager, "promot_hf", f"pretrained={model_dir},soft_prompt={prompt},"
-                              "prompt_tasks=fmtspec_rte", tasks=[NLI])
+        results, _ = evaluate(task_manager, "promot_hf", f"pretrained={run}", tasks=[NLI])
     assert "prompt_tasks fmtspec_rte matched no task of this run (promot_test_nli)" in caplog.text
     assert results["config"]["promot_hf"]["task_prompts"] == {NLI: None}
 
-    run = _run_folder(tmp_path / "run", model_dir, {"fmtspec_rte": prompt}, tasks=["fmtspec_rte"])
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         PromotHFLM(pretrained=str(run), prompt_tasks="fmtspec_cb", device="cpu")

@@ -495,7 +495,8 @@ def test_missing_dataset_field_is_one_clear_line(tmp_path, tiny_models, monkeypa
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}"])
     with pytest.raises(FmtspecError) as err:
         train(config, tmp_path / "run")
-    assert "\n" not in str(err.value) and "hypothesis" in str(err.value) and "fmtspec_rte" in str(err.value)
+    # the file, the first record's line and the field
+    assert "\n" not in str(err.value) and f"{data / 'rte' / 'train.jsonl'}:1: field 'hypothesis'" in str(err.value)
     assert not (tmp_path / "run" / "run.json").exists()
 
 

@@ -48,9 +48,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     output = Path(args.output) if args.output else default_output(args.config)
 
+    from trainers.engine import Stopped
     from trainers.recipes import train
 
-    run_dir = train(config, output, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":  # once, not once per launched process
+    main = os.environ.get("RANK", "0") == "0"  # print once, not once per launched process
+    try:
+        run_dir = train(config, output, resume=args.resume)
+    except Stopped as stop:
+        if main:
+            sys.stderr.write(f"fmtspec train: {stop.line(output)}\n")
+        # 128 + the signal's number, what a shell reports for a process the signal killed (SIGTERM 143, SIGINT
+        # 130): a scheduler's epilog or a wrapper tells a preemption from a failure (1)
+        return 128 + stop.signum
+    if main:
         print(f"run folder: {run_dir}")
     return 0

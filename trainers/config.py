@@ -1,8 +1,10 @@
 """The training config: schema, paper defaults, presets, and validation before any work.
 
 A config is one YAML file (see configs/); `--set key=value` overrides any dotted key. Every problem
-(unknown key, wrong type, unknown task or method) is one FmtspecError line naming the key and, when
-there is one, the closest valid name.
+(unknown key, wrong type, a number out of its `Field` range, unknown task or method, a model that is neither
+an existing model folder nor a valid hub id, a missing DeepSpeed JSON) is one FmtspecError line naming the
+key and the value and, when there is one, the closest valid name or the allowed range. Nothing here imports
+torch or transformers, or asks the hub.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import copy
 import difflib
 import hashlib
 import json
+import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,90 +36,123 @@ class Field:
     choices: tuple | None = None
     nullable: bool = True
     help: str = ""
+    min: float | None = None  # numbers: the allowed range, checked where values are coerced (`_coerce`)
+    max: float | None = None
+    gt: float | None = None  # exclusive bounds: lr > 0, dropout < 1
+    lt: float | None = None
+
+    def range_text(self) -> str | None:
+        """'at least 1', 'greater than 0', 'between 0 and 1', 'at least 0 and below 1', or None (no range)."""
+        if self.min is not None and self.max is not None:
+            return f"between {self.min} and {self.max}"
+        low = f"at least {self.min}" if self.min is not None else f"greater than {self.gt}" if self.gt is not None \
+            else None
+        high = f"at most {self.max}" if self.max is not None else f"below {self.lt}" if self.lt is not None else None
+        return " and ".join(part for part in (low, high) if part) or None
+
+    def in_range(self, value) -> bool:
+        return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+                and (self.gt is None or value > self.gt) and (self.lt is None or value < self.lt))
 
 
-# Defaults follow the ProMoT paper (A.2.4) and T5's fine-tuning set-up.
+# Defaults follow the ProMoT paper (A.2.4) and T5's fine-tuning set-up. Every number has its range (min/max
+# inclusive, gt/lt exclusive); null is allowed where `nullable` and it means what the help says.
 SCHEMA: dict = {
     "method": Field(str, None, METHODS, nullable=False, help="what is trained"),
     "model": Field(str, None, help="hub id or model folder (a sequential run starts from init_from's model), "
                                    "or mini:bart: a random BART on the miniature world's tokenizer (from scratch)"),
+    "trust_remote_code": Field(bool, False, nullable=False,
+                               help="let transformers run a model folder's own code (off unless asked)"),
     "architecture": {  # of a `mini:` model built from scratch; null: fmtspec.tiny_models.bart_config's size
-        "d_model": Field(int, None),
-        "encoder_layers": Field(int, None),
-        "decoder_layers": Field(int, None),
-        "attention_heads": Field(int, None, help="in every encoder and decoder layer"),
-        "ffn_dim": Field(int, None, help="in every encoder and decoder layer"),
-        "max_positions": Field(int, None, help="learned absolute positions: the longest input and target"),
+        "d_model": Field(int, None, min=1),
+        "encoder_layers": Field(int, None, min=1),
+        "decoder_layers": Field(int, None, min=1),
+        "attention_heads": Field(int, None, min=1, help="in every encoder and decoder layer"),
+        "ffn_dim": Field(int, None, min=1, help="in every encoder and decoder layer"),
+        "max_positions": Field(int, None, min=1, help="learned absolute positions: the longest input and target"),
     },
     "tasks": Field((list, dict, str), None, nullable=False,
                    help="task names, or [{name, weight}] / {name: weight} for a mixture"),
     "preset": Field(str, None, help="seed-001 presets, see PRESETS"),
-    "seed": Field(int, 0),
-    "threads": Field(int, None, help="CPU threads of torch in this process (null: torch's default); the miniature "
-                                     "base pins 1, so its weights do not depend on the machine's core count"),
+    "seed": Field(int, 0, nullable=False, min=0),
+    "threads": Field(int, None, min=1, help="CPU threads of torch in this process (null: torch's default); the "
+                                            "miniature base pins 1, so its weights do not depend on the machine's "
+                                            "core count"),
     "init_from": Field(str, None, help="RUN_DIR of an earlier run: start from its final model (teach twice)"),
     "sentinel": Field((bool, str), "auto", help="end T5 inputs with <extra_id_0> (auto: when the tokenizer has it)"),
-    "shots": Field(int, 0, (0, 1), help="prepend a random k-shot example of the same task to every input"),
-    "shots_share": Field(float, 1.0, nullable=False,
+    "shots": Field(int, 0, (0, 1), nullable=False,
+                   help="prepend a random k-shot example of the same task to every input"),
+    "shots_share": Field(float, 1.0, nullable=False, min=0, max=1,
                          help="the share of training inputs that get the `shots` demonstrations (e.g. 0.25)"),
     "stage1": Field(str, "prompt", ("prompt", "lora"), help="what ProMoT's stage 1 trains"),
     "stage1_from": Field(str, None, help="ProMoT: RUN_DIR of a prompt_tuning run whose chosen prompt is stage 1 "
                                          "(not trained again; its model, tasks and prompt length must match)"),
     "prompt": {
-        "length": Field(int, 100, nullable=False),
+        "length": Field(int, 100, nullable=False, min=1),
         "init": Field(str, "uniform", ("uniform", "vocab", "text")),
-        "init_range": Field(float, 0.5, help="uniform init in [-r, r]"),
+        "init_range": Field(float, 0.5, nullable=False, gt=0, help="uniform init in [-r, r]"),
         "init_text": Field(str, None),
-        "vocab_top": Field(int, 5000, help="vocab init samples among the first N token ids"),
+        "vocab_top": Field(int, 5000, nullable=False, min=1, help="vocab init samples among the first N token ids"),
     },
     "lora": {
-        "rank": Field(int, 4, nullable=False),
-        "alpha": Field(float, None, help="default: 2 x rank"),
-        "dropout": Field(float, 0.0),
+        "rank": Field(int, 4, nullable=False, min=1),
+        "alpha": Field(float, None, gt=0, help="default: 2 x rank"),
+        "dropout": Field(float, 0.0, nullable=False, min=0, lt=1),
         "target_modules": Field(list, None, help="default: PEFT's for the architecture"),
-        "lr": Field(float, 1e-3, nullable=False, help="stage-1 learning rate when stage1 is lora"),
+        "lr": Field(float, 1e-3, nullable=False, gt=0, help="stage-1 learning rate when stage1 is lora"),
     },
     "prompt_training": {  # stage 1 of promot; all of prompt_tuning
-        "steps": Field(int, 5000),
-        "epochs": Field(float, None, help="instead of steps"),
-        "lr": Field(float, 0.2, nullable=False),
-        "eval_every": Field(int, 1000, help="checkpoint + validation every K steps (0: only at the end)"),
+        "steps": Field(int, 5000, min=1),
+        "epochs": Field(float, None, gt=0, help="instead of steps"),
+        "lr": Field(float, 0.2, nullable=False, gt=0),
+        "eval_every": Field(int, 1000, min=0, help="checkpoint + validation every K steps (0: only at the end)"),
     },
     "model_training": {  # finetune, joint, random_prompt, stage 2 of promot
-        "steps": Field(int, 1000),
-        "epochs": Field(float, None, help="instead of steps"),
-        "lr": Field(float, 1e-3, nullable=False),
-        "eval_every": Field(int, 100),
+        "steps": Field(int, 1000, min=1),
+        "epochs": Field(float, None, gt=0, help="instead of steps"),
+        "lr": Field(float, 1e-3, nullable=False, gt=0),
+        "eval_every": Field(int, 100, min=0, help="checkpoint + validation every K steps (0: only at the end)"),
     },
-    "batch_size": Field(int, 64, nullable=False),
-    "micro_batch_size": Field(int, None, help="per forward pass; default batch_size (no accumulation)"),
+    "batch_size": Field(int, 64, nullable=False, min=1),
+    "micro_batch_size": Field(int, None, min=1, help="per forward pass; default batch_size (no accumulation)"),
     "optimizer": Field(str, "adafactor", ("adafactor", "adamw")),
-    "weight_decay": Field(float, 0.0),
+    "weight_decay": Field(float, 0.0, nullable=False, min=0),
     "lr_scheduler": Field(str, "constant", ("constant", "linear")),
-    "warmup_steps": Field(int, 0),
-    "gradient_clipping": Field(float, None),
-    "dropout": Field(float, 0.1),
-    "label_smoothing": Field(float, 0.1),
-    "max_input_length": Field(int, 1024, help="inputs are cut to this many tokens (summarization: 1024)"),
-    "max_target_length": Field(int, 256),
+    "warmup_steps": Field(int, 0, nullable=False, min=0),
+    "gradient_clipping": Field(float, None, min=0, help="clip the gradient norm at this (null or 0: no clipping)"),
+    "dropout": Field(float, 0.1, min=0, lt=1, help="on every dropout knob of the model (null: the model's own)"),
+    "label_smoothing": Field(float, 0.1, nullable=False, min=0, max=1),
+    "max_input_length": Field(int, 1024, nullable=False, min=2,
+                              help="inputs are cut to this many tokens (summarization: 1024; T5 keeps </s>)"),
+    "max_target_length": Field(int, 256, nullable=False, min=1),
     "data": {
         "split": Field(str, "train"),
-        "limit": Field(int, None, help="use the first N examples of each task"),
+        "limit": Field(int, None, min=1, help="use the first N examples of each task (null: all)"),
     },
     "eval": {
         "split": Field(str, "validation"),
-        "limit": Field(int, 200, help="validation examples per task (null: all)"),
-        "max_new_tokens": Field(int, 64),
-        "batch_size": Field(int, 16),
-        "num_beams": Field(int, 1, help="1: greedy (lm-eval's default); the paper decodes with 4"),
+        "limit": Field(int, 200, min=1, help="validation examples per task (null: all)"),
+        "max_new_tokens": Field(int, 64, nullable=False, min=1),
+        "batch_size": Field(int, 16, nullable=False, min=1),
+        "num_beams": Field(int, 1, nullable=False, min=1,
+                           help="1: greedy (lm-eval's default); the paper decodes with 4"),
     },
     "engine": {
-        "deepspeed": Field(str, "zero0", help="zero0..zero3 (configs/deepspeed/) or a DeepSpeed JSON path"),
+        "deepspeed": Field(str, "zero0", nullable=False,
+                           help="zero0..zero3 (configs/deepspeed/) or a DeepSpeed JSON path"),
         "precision": Field(str, "auto", ("auto", "bf16", "fp32"), help="auto: bf16 on GPU, fp32 on CPU"),
     },
-    "log_every": Field(int, 10),
-    "keep_checkpoints": Field(int, None, help="keep the chosen and the N newest checkpoints (null: all)"),
+    "log_every": Field(int, 10, nullable=False, min=1, help="log loss, lr and tokens/s every K steps"),
+    "keep_checkpoints": Field(int, None, min=0, help="keep the chosen and the N newest checkpoints (null: all)"),
+    "preempt_checkpoint_s": Field(int, 300, nullable=False, min=0,
+                                  help="on SIGTERM/SIGINT, write a checkpoint at the next step when more than this "
+                                       "many seconds of training would be lost (no checkpoint yet: always; 0: never)"),
 }
+
+# Keys that cannot change the weights a run trains (how a model is loaded, when an interrupted run saves):
+# left out of the pretrained bases' cache keys (trainers.pretrain.cache_key), so that adding one keeps the
+# shipped and cached bases valid. A new key that can change the weights does not belong here.
+NOT_IN_CACHE_KEY = ("trust_remote_code", "preempt_checkpoint_s")
 
 # Seed 001 ("Can we teach a model twice?", section 3.2): mT5-small, Hugging Face Trainer defaults
 # (AdamW, linear decay, no label smoothing), batch 16; the task prefixes live in the task templates.
@@ -204,6 +242,11 @@ def _coerce(dotted: str, value, spec: Field):
     if spec.choices is not None and value not in spec.choices:
         raise FmtspecError(f"config key '{dotted}' is {value!r}; choose one of "
                            f"{', '.join(map(str, spec.choices))}{_closest(str(value), map(str, spec.choices))}")
+    allowed = spec.range_text()
+    if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or not spec.in_range(value):
+            raise FmtspecError(f"config key '{dotted}' must be {allowed}{' (or null)' if spec.nullable else ''}, "
+                               f"got {value!r}")
     return value
 
 
@@ -255,8 +298,11 @@ def _nest(path: list[str], value) -> dict:
     return out
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None) -> dict:
-    """Read, merge (defaults < preset < file < --set), validate and resolve a config."""
+def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | None = None, *,
+                model_prefixes: tuple[str, ...] = ()) -> dict:
+    """Read, merge (defaults < preset < file < --set), validate and resolve a config. A `model` starting with
+    one of `model_prefixes` is resolved later by the caller (fmtspec experiment's tiny:, pretrain:) and is not
+    checked as a folder or hub id here."""
     import yaml
 
     if raw is None:
@@ -291,6 +337,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
     _check(config, SCHEMA)
     config["tasks"] = normalize_tasks(config["tasks"])
     _check_consistency(config)
+    _check_paths(config, model_prefixes)
     return config
 
 
@@ -298,8 +345,6 @@ def _check_consistency(config: dict) -> None:
     if config["stage1_from"] and (config["method"] != "promot" or config["stage1"] != "prompt"):
         raise FmtspecError("config key 'stage1_from' reuses a prompt-tuning run as ProMoT's stage 1: it needs "
                            "method: promot with stage1: prompt")
-    if config["threads"] is not None and config["threads"] < 1:
-        raise FmtspecError(f"config key 'threads' must be at least 1 (or null), got {config['threads']}")
     if isinstance(config["sentinel"], str) and config["sentinel"] != "auto":
         raise FmtspecError(f"config key 'sentinel' is {config['sentinel']!r}; choose one of true, false, auto")
     if not config["model"] and not config["init_from"]:
@@ -326,11 +371,7 @@ def is_scratch(model) -> bool:
 def _check_scratch(config: dict) -> None:
     """A `mini:` model: a known kind, the world's tasks only (its tokenizer knows no other word), and
     `architecture` only for it."""
-    if not 0.0 <= config["shots_share"] <= 1.0:
-        raise FmtspecError(f"config key 'shots_share' must be between 0 and 1, got {config['shots_share']}")
     sizes = {k: v for k, v in config["architecture"].items() if v is not None}
-    if any(v < 1 for v in sizes.values()):
-        raise FmtspecError(f"config key 'architecture' sizes must be positive, got {sizes}")
     model = config["model"]
     if not is_scratch(model) or config["init_from"]:
         if sizes:
@@ -346,6 +387,63 @@ def _check_scratch(config: dict) -> None:
     if other:
         raise FmtspecError(f"model {model} has the miniature world's word vocabulary: it cannot train on "
                            f"{other[0]} (use fmtspec_mini_* tasks)")
+
+
+# The rules of huggingface_hub's validate_repo_id (2.x), offline: 'name' or 'namespace/name', each of ASCII
+# letters, digits, '-', '_', '.', not starting or ending with '-' or '.', no '--' or '..', not ending in .git.
+_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", flags=re.ASCII)
+BUILTIN_DEEPSPEED = ("zero0", "zero1", "zero2", "zero3")
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether `value` is a syntactically valid Hugging Face hub id (not whether that repository exists)."""
+    return (value.count("/") <= 1 and _HUB_ID.fullmatch(value) is not None and "--" not in value
+            and ".." not in value and not value.endswith(".git"))
+
+
+def _looks_like_path(value: str, bases) -> bool:
+    """A value that can only be meant as a folder: /x, ./x, ../x, ~/x, x/ or a/b/c (a hub id has one '/'), or
+    a/b whose `a` exists in one of `bases`."""
+    if value.startswith(("/", "./", "../", "~")) or value in (".", "..") or value.endswith("/"):
+        return True
+    if value.count("/") > 1 or os.sep != "/" and os.sep in value:
+        return True
+    return "/" in value and any((Path(base) / value.split("/", 1)[0]).exists() for base in bases)
+
+
+def model_problem(value: str, key: str = "model", bases=None, looked: str = "") -> str | None:
+    """Why `value` cannot be a model, in one line, or None: an existing folder needs a config.json; a value
+    that looks like a path must be an existing folder (relative to one of `bases`, default the current
+    folder); anything else must be a valid hub id (offline: syntax only, the hub is not asked)."""
+    bases = [Path.cwd()] if bases is None else [Path(b) for b in bases]
+    path = Path(value).expanduser()
+    folder = next((base / path for base in bases if (base / path).is_dir()), None)
+    if folder is not None:
+        if (folder / "config.json").is_file():
+            return None
+        hint = f"; to start from that run, set init_from: {value}" if (folder / "run.json").is_file() else ""
+        return f"{key}: {value} is a folder without config.json, not a model folder{hint}"
+    if _looks_like_path(value, bases):
+        return f"{key}: no such folder {value}{looked}"
+    if not is_hub_id(value):
+        return (f"{key}: {value!r} is neither a model folder nor a hub id ('name' or 'namespace/name' of letters, "
+                f"digits, '-', '_', '.'){looked}")
+    return None
+
+
+def _check_paths(config: dict, model_prefixes: tuple[str, ...] = ()) -> None:
+    """The model (unless a sequential run, which starts from init_from's model, or one built from scratch) and
+    a DeepSpeed JSON file must exist; nothing is downloaded."""
+    model = config["model"]
+    if model and not config["init_from"] and not is_scratch(model) and not model.startswith(tuple(model_prefixes)):
+        problem = model_problem(model)
+        if problem:
+            raise FmtspecError(problem)
+        if model.startswith("~"):  # transformers does not expand it
+            config["model"] = str(Path(model).expanduser())
+    deepspeed = config["engine"]["deepspeed"]
+    if deepspeed not in BUILTIN_DEEPSPEED and not Path(deepspeed).is_file():
+        raise FmtspecError(f"engine.deepspeed: no such file {deepspeed} (or choose {', '.join(BUILTIN_DEEPSPEED)})")
 
 
 def config_hash(config: dict) -> str:

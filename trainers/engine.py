@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -105,6 +107,74 @@ def all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=get_accelerator().current_device_name())
     _dist().all_reduce(t)
     return t.tolist()
+
+
+def on_main(fn):
+    """`fn()` in rank 0 alone, its result in every process; its FmtspecError is raised in every process (the
+    others would wait for rank 0 at the next collective forever)."""
+    outcome, failure = (None, None), None
+    if is_main():
+        try:
+            outcome = (None, fn())
+        except FmtspecError as exc:
+            outcome = (str(exc), None)
+        except Exception as exc:  # raised here as it is; the others stop with one line
+            failure, outcome = exc, (f"rank 0 failed: {type(exc).__name__}: {exc}", None)
+    error, value = all_gather(outcome)[0]
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise FmtspecError(error)
+    return value
+
+
+# -- stopping on a signal ----------------------------------------------------------------------------------
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped the run. A KeyboardInterrupt, so that what
+    cleans up after Ctrl-C cleans up after it too, and `except Exception` does not swallow it."""
+
+    def __init__(self, signum: int, step: int | None = None, wrote: bool = False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.step, self.wrote = signum, step, wrote
+
+    def line(self, run_dir: Path) -> str:
+        steps = rf.checkpoint_steps(run_dir)
+        kept = (f"{'checkpoint' if self.wrote else 'last checkpoint'} step-{steps[-1]} "
+                f"{'written' if self.wrote else 'kept'}" if steps else "no checkpoint yet")
+        at = f" at step {self.step}" if self.step is not None else ""
+        return f"stopped by {signal.Signals(self.signum).name}{at}; {kept}; resume with --resume"
+
+
+class _Signals:
+    deferred = False  # inside a stage's steps: the loop stops at the next step boundary
+    received: int | None = None  # the signal it is to stop for
+
+
+_signals = _Signals()
+
+
+@contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGINT stop the run like Ctrl-C: between two steps of a stage at the next step boundary (with a
+    checkpoint when the last is older than `preempt_checkpoint_s`, see Trainer._stop), anywhere else at once
+    (every write is atomic); a second signal stops at once. Only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _signals.deferred and _signals.received is None:
+            _signals.received = signum
+            return
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _signals.deferred, _signals.received = False, None
 
 
 def rng_state() -> dict:
@@ -250,6 +320,7 @@ class Trainer:
         self.notes: list[str] = []
         self.stages_done: list[dict] = []  # results of finished stages (stored in checkpoints for --resume)
         self.metrics_path = self.run_dir / rf.METRICS
+        self.last_predictions: list | None = None  # of the last validation: written beside its checkpoint
         self.zero3 = False  # ZeRO-3 partitions every parameter: gather them to read or write whole weights
 
     def gathered(self, modify: bool = False):
@@ -303,9 +374,6 @@ class Trainer:
         if engine.optimizer is optimizer and world_size() == 1:
             engine.enable_backward_allreduce = False  # a plain optimizer in one process: nothing to average
         self.zero3 = engine.zero_optimization_stage() == 3
-        gas = engine.gradient_accumulation_steps()
-        micro = engine.train_micro_batch_size_per_gpu()
-        rank, world = engine.global_rank, engine.world_size
         result = StageResult()
         first = 1
         if resume_state is not None:
@@ -313,6 +381,21 @@ class Trainer:
         start_step = self.step - (first - 1)  # global step before this stage's first step
         bar = tqdm(total=stage.steps, initial=first - 1, desc=f"stage {stage.number} ({'+'.join(stage.trains)})",
                    dynamic_ncols=True, disable=not is_main())
+        _signals.deferred = True
+        try:
+            self._steps(stage, engine, result, first, start_step, bar)
+        finally:
+            _signals.deferred = False
+        bar.close()
+        self.choose(stage, result)
+        return result
+
+    def _steps(self, stage: Stage, engine, result: StageResult, first: int, start_step: int, bar) -> None:
+        config = self.config
+        gas = engine.gradient_accumulation_steps()
+        micro = engine.train_micro_batch_size_per_gpu()
+        rank, world = engine.global_rank, engine.world_size
+        self.training_since = time.time()  # what a signal checkpoint would save: the steps since then (_stop)
         for local in range(first, stage.steps + 1):
             tick, losses, tokens = time.perf_counter(), [], 0
             engine.train()
@@ -348,9 +431,30 @@ class Trainer:
                 result.evaluations.append(evaluation)
                 self.log({"step": self.step, "stage": stage.number, **evaluation.metrics})
                 self.save_checkpoint(stage, local, engine, result)
-        bar.close()
-        self.choose(stage, result)
-        return result
+            if all_sum([float(_signals.received is not None)])[0]:  # a signal reached a process: all stop here
+                bar.close()
+                self._stop(stage, local, engine, result)
+
+    def _stop(self, stage: Stage, local: int, engine, result: StageResult) -> None:
+        """Stop for a signal after this step (every process). Checkpoint it first when more than
+        `preempt_checkpoint_s` seconds of training would be lost (since the last checkpoint, or since this
+        process resumed from it; with no checkpoint yet, always), so that a preempted run resumes close to where
+        it stopped without a checkpoint written twice in a row. A step that validates is stopped after its
+        validation and checkpoint: resuming from a checkpoint that skipped one would change the chosen step."""
+        interval = self.config.get("preempt_checkpoint_s", 300)
+        write = False
+        if is_main() and interval:
+            steps = rf.checkpoint_steps(self.run_dir)
+            if not steps:
+                write = True
+            elif steps[-1] != self.step:
+                written = (rf.checkpoint_dir(self.run_dir, steps[-1]) / rf.TRAINER_STATE).stat().st_mtime
+                write = time.time() - max(written, self.training_since) > interval
+        write = all_gather(write)[0]
+        if write:
+            self.last_predictions = None  # not validated at this step: no val_predictions.jsonl
+            self.save_checkpoint(stage, local, engine, result)
+        raise Stopped(_signals.received or signal.SIGTERM, self.step, wrote=write)
 
     def _next_feature(self):
         task, index = self.sampler.next()
@@ -463,18 +567,23 @@ class Trainer:
         each process writes its own `optimizer-rank{r}.safetensors` (resume then needs the same process count)."""
         rngs = all_gather(rng_state())
         staging = None
-        if engine.optimizer is not self.client_optimizer:
-            final = rf.checkpoint_dir(self.run_dir, self.step)
-            staging = final.parent / f".tmp-{final.name}-optimizer"
-            staging.mkdir(parents=True, exist_ok=True)
-            saved = engine.optimizer.state_dict()
-            rf.save_nested(staging / rf.optimizer_rank_file(rank()),
-                           {"optimizer": {k: v for k, v in saved.items() if k in ZERO_STATE_KEYS},
-                            "scheduler": engine.lr_scheduler.state_dict()})
-            barrier()
-        with self.gathered():
-            if is_main():
-                self._write_checkpoint(stage, local, engine, result, rngs, staging)
+        try:
+            if engine.optimizer is not self.client_optimizer:
+                final = rf.checkpoint_dir(self.run_dir, self.step)
+                staging = final.parent / f"{rf.TMP}{final.name}-optimizer"
+                staging.mkdir(parents=True, exist_ok=True)
+                saved = engine.optimizer.state_dict()
+                rf.save_nested(staging / rf.optimizer_rank_file(rank()),
+                               {"optimizer": {k: v for k, v in saved.items() if k in ZERO_STATE_KEYS},
+                                "scheduler": engine.lr_scheduler.state_dict()})
+                barrier()
+            with self.gathered():
+                if is_main():
+                    self._write_checkpoint(stage, local, engine, result, rngs, staging)
+        except BaseException:  # a full disk, a signal: no partial folder stays (the checkpoint's own is removed)
+            if staging is not None and is_main():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
         barrier()
 
     def _write_checkpoint(self, stage: Stage, local: int, engine, result: StageResult, rngs: list,
@@ -496,7 +605,8 @@ class Trainer:
                      "optimizer_partitions": 0 if staging is None else len(rngs), "stages_done": self.stages_done,
                      "evaluations": [e.__dict__ for e in result.evaluations]}
             (tmp / rf.TRAINER_STATE).write_text(json.dumps(state))
-            (tmp / rf.PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in self.last_predictions))
+            if self.last_predictions is not None:
+                (tmp / rf.PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in self.last_predictions))
         self._prune(result)
 
     def _prune(self, result: StageResult) -> None:
@@ -513,7 +623,7 @@ class Trainer:
         steps = rf.checkpoint_steps(self.run_dir)
         for step in steps[:-keep] if keep else steps:
             if step not in protected:
-                shutil.rmtree(rf.checkpoint_dir(self.run_dir, step), ignore_errors=True)
+                rf.remove_folder(rf.checkpoint_dir(self.run_dir, step))
 
     def _restore(self, engine, state: dict, result: StageResult) -> int:
         """Load the optimizer, scheduler, data position and RNG of a checkpoint; return its stage step."""

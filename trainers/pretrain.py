@@ -32,7 +32,7 @@ import socket
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
-from trainers.config import SCRATCH_PREFIX, config_hash, is_scratch
+from trainers.config import NOT_IN_CACHE_KEY, SCRATCH_PREFIX, config_hash, is_scratch
 
 CACHE_SUBDIR = "mini_base"
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "mini_pretrained"
@@ -91,15 +91,16 @@ def build_scratch(config: dict):
 
 
 def cache_key(config: dict) -> str:
-    """What decides the pretrained weights: the resolved config, the architecture it builds, the
-    vocabulary and the bytes of every data file the run reads (train and validation splits)."""
+    """What decides the pretrained weights: the resolved config (less NOT_IN_CACHE_KEY), the architecture it
+    builds, the vocabulary and the bytes of every data file the run reads (train and validation splits)."""
     from harness_tasks import mini_world
 
     if not is_scratch(config["model"]):
         raise FmtspecError(f"a cached base is trained from scratch (model: {SCRATCH_PREFIX}bart), "
                            f"not from {config['model']}")
     h = hashlib.sha256()
-    h.update(json.dumps({"config": config_hash(config), "architecture": scratch_config(config).to_dict(),
+    weights_config = {k: v for k, v in config.items() if k not in NOT_IN_CACHE_KEY}
+    h.update(json.dumps({"config": config_hash(weights_config), "architecture": scratch_config(config).to_dict(),
                          "vocabulary": mini_world.vocabulary()}, sort_keys=True, default=str).encode())
     root = mini_world.data_dir()
     for task in config["tasks"]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from fmtspec.errors import FmtspecError
 from trainers import run as rf
 from trainers.config import config_hash, is_scratch
-from trainers.engine import Stage, Trainer, barrier, init_distributed, is_main, single_process_env, steps_for
+from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, single_process_env,
+                             steps_for, stop_on_signals)
 
 PROMPT_METHODS = ("prompt_tuning", "promot", "joint", "random_prompt")
 
@@ -54,13 +55,16 @@ def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
     return model_path(parent, manifest), parent, [*manifest.get("chain", []), parent]
 
 
-def load_model(path: str, dropout: float | None):
-    """Model and tokenizer, with the config's dropout on every dropout knob the architecture has."""
+def load_model(path: str, dropout: float | None, *, trust_remote_code: bool = False):
+    """Model and tokenizer, with the config's dropout on every dropout knob the architecture has. A folder's
+    own code (`auto_map`) runs only with `trust_remote_code` (config key of that name): otherwise transformers
+    neither asks on the terminal nor runs it, and a model that needs it is one error line."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    trust = bool(trust_remote_code)  # never None: None makes transformers ask "[y/N]" on a terminal
     try:
-        mconf = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        mconf = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError) as exc:
         raise FmtspecError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
     if dropout is not None:
@@ -70,7 +74,13 @@ def load_model(path: str, dropout: float | None):
                 setattr(mconf, knob, dropout)
     encoder_decoder = bool(getattr(mconf, "is_encoder_decoder", False))
     cls = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-    model = cls.from_pretrained(path, config=mconf, dtype="float32")
+    from safetensors import SafetensorError
+
+    try:
+        model = cls.from_pretrained(path, config=mconf, dtype="float32", trust_remote_code=trust)
+    except (OSError, SafetensorError) as exc:  # missing or truncated weights
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise FmtspecError(f"cannot load the weights of model {path}: {reason}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, encoder_decoder
@@ -108,7 +118,8 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
 
         model, tokenizer, encoder_decoder = build_scratch(config)
     else:
-        model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"])
+        model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"],
+                                                       trust_remote_code=config["trust_remote_code"])
     start_digest = rf.weights_digest(model.state_dict())
     tasks = config["tasks"]
     sentinel = uses_sentinel(config["sentinel"], tokenizer, encoder_decoder)
@@ -158,7 +169,8 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
 
 
 def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
-    """Train `config` into the run folder `output` and return it."""
+    """Train `config` into the run folder `output` and return it. SIGTERM or SIGINT stops it with
+    `engine.Stopped` (the CLI's one line), a failed write into the folder is one FmtspecError line."""
     run_dir = Path(output)
     rf.check_output(run_dir, resume)
     if config["threads"]:
@@ -168,30 +180,68 @@ def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
     start_model, parent, chain = resolve_start(config)
     if config["stage1_from"]:
         check_stage1_source(config, start_model)  # before the run folder is touched
-    saved_config = run_dir / rf.CONFIG_FILE
-    with single_process_env():
+    lock = rf.RunLock(run_dir)
+    with single_process_env(), stop_on_signals():
         init_distributed()
-        # every process reads the folder before rank 0 changes it (a shared file system across nodes)
-        resume_from = None
-        if resume and saved_config.is_file():
-            if json.loads(saved_config.read_text()) != json.loads(json.dumps(config)):
-                raise FmtspecError(f"--resume: the config differs from the one {run_dir} was started with "
-                                   f"({saved_config})")
-            steps = rf.checkpoint_steps(run_dir)
-            if steps:
-                resume_from = json.loads((rf.checkpoint_dir(run_dir, steps[-1]) / rf.TRAINER_STATE).read_text())
-        barrier()
-        if is_main():
-            if resume:
-                rf.remove_partial_checkpoints(run_dir)
-            if resume_from is not None:
-                rf.truncate_metrics(run_dir, resume_from["step"])  # steps after it are trained again
-            run_dir.mkdir(parents=True, exist_ok=True)
-            rf.write_json_atomic(saved_config, config)
-        barrier()
-        _train(config, run_dir, start_model, parent, chain, resume_from)
-        barrier()
+        try:
+            # rank 0 alone writes the folder (the other ranks write only inside its checkpoints' temporary
+            # folders, between barriers), so it alone takes the lock; every process gets its verdict
+            step = on_main(lambda: open_run(lock, run_dir, config, resume))
+            resume_from = None
+            if step is not None:
+                resume_from = json.loads((rf.checkpoint_dir(run_dir, step) / rf.TRAINER_STATE).read_text())
+            _train(config, run_dir, start_model, parent, chain, resume_from)
+            barrier()
+        except Exception as exc:
+            message = rf.write_error(exc, run_dir)
+            if message is None:
+                raise
+            raise FmtspecError(message) from None
+        finally:
+            lock.release()
     return run_dir
+
+
+def open_run(lock: rf.RunLock, run_dir: Path, config: dict, resume: bool) -> int | None:
+    """Lock the run folder, repair what a killed writer left, check that this run may write it, and record its
+    config; the checkpoint step to resume from, or None to start. A folder that never reached a checkpoint
+    (a failed start: config.json, metrics, the lock) is started again, with or without --resume and whatever
+    its config was: nothing in it was trained."""
+    import sys
+
+    from trainers.config import NOT_IN_CACHE_KEY
+
+    lock.acquire()
+    rf.recover(run_dir)
+    rf.remove_partial_checkpoints(run_dir)
+    saved_config = run_dir / rf.CONFIG_FILE
+    step = None
+    if rf.never_started(run_dir):
+        if resume:
+            print(f"fmtspec train: nothing to resume in {run_dir} (it never reached a checkpoint): starting the run",
+                  file=sys.stderr)
+        rf.clear_start(run_dir)
+    elif not resume:
+        raise FmtspecError(f"output folder {run_dir} is not empty; pass --resume to continue its run "
+                           "or choose another --output")
+    elif not saved_config.is_file():
+        raise FmtspecError(f"--resume: {run_dir} holds no fmtspec training (no {rf.CONFIG_FILE}); choose another "
+                           "--output")
+    else:
+        # keys that cannot change the weights (how a model loads, when a stopped run saves) may change
+        saved, now = (json.loads(json.dumps({k: v for k, v in c.items() if k not in NOT_IN_CACHE_KEY}))
+                      for c in (json.loads(saved_config.read_text()), config))
+        changed = rf.differences(saved, now)
+        if changed:
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            raise FmtspecError(f"--resume: the config differs from the one {run_dir} was started with: "
+                               f"{', '.join(changed[:3])}{more}")
+        steps = rf.checkpoint_steps(run_dir)
+        if steps:
+            step = steps[-1]
+            rf.truncate_metrics(run_dir, step)  # steps after it are trained again
+    rf.write_json_atomic(saved_config, config)
+    return step
 
 
 def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
@@ -259,43 +309,56 @@ def reuse_stage1(trainer: Trainer, config: dict) -> dict:
 
 
 def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start_model, parent, chain) -> None:
-    """Write the chosen model/prompts into the run folder, then run.json last (it marks the run complete)."""
+    """Write the chosen model/prompts beside the run's, swap each in (`rf.swap_in`), then run.json last (it marks
+    the run complete). A resumed finished run rewrites them: killed at any point, it holds the old run or the new
+    one, and resume being exact, their weights are the same, so either run.json describes them."""
+    import shutil
+
     trains_model = any("model" in s.trains for s in stages)
     n = len(config["tasks"])
+    staging = run_dir / f"{rf.TMP}outputs"  # one name in every process: rank 0 alone writes it (the lock)
     if is_main():
-        for name in ("model", "soft_prompt", "prompts"):  # a resumed run may find an older copy
-            if (run_dir / name).exists():
-                import shutil
-
-                shutil.rmtree(run_dir / name)
-    trainer.save_outputs(run_dir, model=trains_model)  # collective under ZeRO-3; rank 0 writes
-    has_prompt = trainer.module.has_prompts or trainer.lora
-    prompts = {t["name"]: rf.prompt_folder(t["name"], n, trainer.lora) for t in config["tasks"]} if has_prompt else {}
-    with trainer.gathered():
-        final_digest = rf.weights_digest(trainer.model_state())
-    if not is_main():
-        return
-    rf.write_manifest(run_dir, rf.manifest(
-        method=config["method"],
-        base_model=start_model,
-        model="model" if trains_model else None,
-        prompts=prompts,
-        prompt_type="lora" if trainer.lora else ("soft_prompt" if has_prompt else None),
-        sentinel=trainer.encoder.sentinel,
-        encoder_decoder=trainer.module.encoder_decoder,
-        tasks=config["tasks"],
-        shots=config["shots"],
-        stage=stages[-1].number,
-        steps=trainer.step,
-        stages=results,
-        seed=config["seed"],
-        config=config,
-        config_hash=config_hash(config),
-        parent=parent,
-        chain=chain,
-        checkpoint=results[-1]["chosen"],
-        start_model_sha256=trainer.start_digest,
-        model_sha256=final_digest,
-        deepspeed=config["engine"]["deepspeed"],
-        notes=trainer.notes,
-    ))
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    try:
+        trainer.save_outputs(staging, model=trains_model)  # collective under ZeRO-3; rank 0 writes
+        has_prompt = trainer.module.has_prompts or trainer.lora
+        prompts = ({t["name"]: rf.prompt_folder(t["name"], n, trainer.lora) for t in config["tasks"]}
+                   if has_prompt else {})
+        with trainer.gathered():
+            final_digest = rf.weights_digest(trainer.model_state())
+        if not is_main():
+            return
+        manifest = rf.manifest(
+            method=config["method"],
+            base_model=start_model,
+            model="model" if trains_model else None,
+            prompts=prompts,
+            prompt_type="lora" if trainer.lora else ("soft_prompt" if has_prompt else None),
+            sentinel=trainer.encoder.sentinel,
+            encoder_decoder=trainer.module.encoder_decoder,
+            tasks=config["tasks"],
+            shots=config["shots"],
+            stage=stages[-1].number,
+            steps=trainer.step,
+            stages=results,
+            seed=config["seed"],
+            config=config,
+            config_hash=config_hash(config),
+            parent=parent,
+            chain=chain,
+            checkpoint=results[-1]["chosen"],
+            start_model_sha256=trainer.start_digest,
+            model_sha256=final_digest,
+            deepspeed=config["engine"]["deepspeed"],
+            notes=trainer.notes,
+        )
+        written = [name for name in rf.OUTPUTS if (staging / name).exists()]
+        for name in written:
+            rf.swap_in(staging / name, run_dir / name)
+        rf.write_manifest(run_dir, manifest)
+        for name in set(rf.OUTPUTS) - set(written):  # an older copy of a piece this run does not have
+            rf.remove_folder(run_dir / name)
+    finally:
+        if is_main():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -3,15 +3,17 @@ manifest, weight digests, and optimizer state in safetensors (no pickles anywher
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
-from fmtspec.run_folder import FORMAT, MANIFEST
+from fmtspec.run_folder import ASIDE, FORMAT, MANIFEST
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -24,14 +26,17 @@ def optimizer_rank_file(rank: int) -> str:
     return f"optimizer-rank{rank}.safetensors"
 PREDICTIONS = "val_predictions.jsonl"  # the validation generations a checkpoint was scored on
 CONFIG_FILE = "config.json"  # the resolved config, written when the run starts (resume reads it)
+LOCK_FILE = ".lock"  # held (flock) by the one process that writes the run folder; holds its pid
+OUTPUTS = ("model", "soft_prompt", "prompts")  # what finish() writes beside run.json
+TMP, TRASH = ".tmp-", ".trash-"  # being written / being removed: never part of a run, removed on the next start
 
 
 @contextmanager
 def atomic_folder(final: Path):
-    """Yield a temporary sibling folder; rename it to `final` only when the block finishes.
+    """Yield a temporary sibling folder; swap it in as `final` only when the block finishes.
     A run killed inside the block leaves a `.tmp-*` folder, never one that looks complete."""
     final = Path(final)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = final.parent / f"{TMP}{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -40,13 +45,52 @@ def atomic_folder(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, final)
+
+
+def swap_in(new: Path, final: Path) -> None:
+    """Replace the folder `final` by `new` (a sibling). The old one is renamed aside first and removed last, so a
+    kill at any point leaves `final` whole (old or new), or, between the two renames, the old one whole as
+    `.old-<name>-<pid>`: readers use it (fmtspec.run_folder), the next writer puts it back (`recover`)."""
+    final = Path(final)
+    aside = final.parent / f"{ASIDE}{final.name}-{os.getpid()}"
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        os.replace(final, aside)
+    os.replace(new, final)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_folder(path: Path) -> None:
+    """Renamed (atomically) out of the run first: a kill while deleting never leaves a partial folder under its name."""
+    path = Path(path)
+    if path.exists():
+        trash = path.parent / f"{TRASH}{path.name}-{os.getpid()}"
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def recover(folder: Path) -> None:
+    """Undo what a writer killed in `folder` left: a folder moved aside and not yet replaced goes back, the rest
+    (temporary and half-removed folders and files, or an aside whose replacement is in place) goes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(ASIDE):
+            name = p.name[len(ASIDE):].rsplit("-", 1)[0]
+            if not (folder / name).exists():
+                os.replace(p, folder / name)
+                continue
+        elif not p.name.startswith((TMP, TRASH)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
+    tmp = path.parent / f"{TMP}{path.name}-{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
 
@@ -78,17 +122,27 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def remove_partial_checkpoints(run_dir: Path) -> None:
-    """Temporary folders of a run killed while writing a checkpoint."""
-    folder = Path(run_dir) / CHECKPOINTS
-    for p in folder.glob(".tmp-*") if folder.is_dir() else []:
-        shutil.rmtree(p, ignore_errors=True)
+    """Temporary folders of a run killed while writing (or removing) a checkpoint."""
+    recover(Path(run_dir) / CHECKPOINTS)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Keep the lines of steps up to `step` (later ones are trained again); a partial last line (a kill while
+    appending) goes too. Rewritten atomically."""
     path = Path(run_dir) / METRICS
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.parent / f"{TMP}{path.name}-{os.getpid()}"
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -152,10 +206,111 @@ def write_manifest(run_dir: Path, data: dict) -> None:
     write_json_atomic(Path(run_dir) / MANIFEST, data)
 
 
+# -- the run folder's one writer --------------------------------------------------------------------------
 def check_output(run_dir: Path, resume: bool) -> None:
+    """What can be refused before anything is written (every process checks; the rest: `open_run`)."""
     run_dir = Path(run_dir)
-    if resume:
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FmtspecError(f"output folder {run_dir} is not empty; pass --resume to continue its run "
-                           "or choose another --output")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FmtspecError(f"--output {run_dir} is a file, not a folder")
+    if resume and not (run_dir.is_dir() and any(run_dir.iterdir())):
+        raise FmtspecError(f"--resume: {run_dir} {'is empty' if run_dir.is_dir() else 'does not exist'}: "
+                           "nothing to resume; drop --resume to start the run")
+
+
+class RunLock:
+    """An OS lock (flock) on RUN_DIR/.lock: one writer per run folder. The kernel releases it when the process
+    dies, so a killed run never blocks its --resume; the file holds the writer's pid for the refusal message."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FmtspecError(f"{self.run_dir} is being written by another training (pid {holder}); wait "
+                                   "for it to end or choose another --output") from None
+            except OSError as exc:  # a file system without locks (some Lustre mounts): go on, unguarded
+                os.close(fd)
+                print(f"fmtspec train: warning: cannot lock {self.path} ({exc.strerror}); a second training "
+                      "into this folder would not be refused", file=sys.stderr)
+                return
+            try:  # a writer that just ended removed the file we opened: lock the one now in place
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: a process that opened it retries (acquire)
+            os.close(self.fd)
+            self.fd = None
+
+
+def never_started(run_dir: Path) -> bool:
+    """No run.json and no complete checkpoint: what a failed start leaves (config.json, the lock, metrics of steps
+    before the first checkpoint, temporary folders). A new start, with or without --resume, takes it over."""
+    run_dir = Path(run_dir)
+    if checkpoint_steps(run_dir):
+        return False
+    startup = {LOCK_FILE, CONFIG_FILE, METRICS, CHECKPOINTS}
+    return all(p.name in startup or p.name.startswith((TMP, TRASH)) for p in run_dir.iterdir())
+
+
+def clear_start(run_dir: Path) -> None:
+    """Remove what a failed start left (see `never_started`), the lock aside."""
+    for p in Path(run_dir).iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir():
+            remove_folder(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+_UNSET = object()
+
+
+def differences(saved, now, prefix: str = "") -> list[str]:
+    """`dotted.key (was A, now B)` for every key whose value differs between two configs."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = [*saved, *(k for k in now if k not in saved)]
+        return [d for k in keys for d in differences(saved.get(k, _UNSET), now.get(k, _UNSET), f"{prefix}{k}.")]
+    if saved == now:
+        return []
+    before, after = ("unset" if v is _UNSET else json.dumps(v) for v in (saved, now))
+    return [f"{prefix[:-1]} (was {before}, now {after})"]
+
+
+def write_error(exc: BaseException, run_dir: Path) -> str | None:
+    """The one line for a failed write into the run folder (a full disk, a read-only or missing path), or None
+    for an error that is not one."""
+    from safetensors import SafetensorError
+
+    run_dir = Path(run_dir)
+    if isinstance(exc, SafetensorError):  # safetensors' own error for a failed file write
+        text = str(exc)
+        return f"cannot write into {run_dir}: {text}" if text.startswith("Error while serializing") else None
+    if not isinstance(exc, OSError):
+        return None
+    path = exc.filename
+    inside = path is not None and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(run_dir))
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if not (inside or full):
+        return None
+    return f"cannot write {path if path is not None else run_dir}: {exc.strerror or exc}"
