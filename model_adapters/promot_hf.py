@@ -90,7 +90,7 @@ class PromotHFLM(HFLM):
         soft_prompts = {folder: load_soft_prompt(folder) for folder in folders if folder not in loras}
         try:
             super().__init__(pretrained=pretrained, **kwargs)
-        except (TypeError, SafetensorError) as exc:
+        except (TypeError, SafetensorError, OSError) as exc:
             known = _model_load_error(exc, pretrained, kwargs)
             if known is None:
                 raise
@@ -442,8 +442,8 @@ def _arguments() -> list[str]:
 
 def _model_load_error(exc: Exception, pretrained, kwargs: dict) -> FmtspecError | None:
     """One line for a model load error whose cause is known: a model argument that nothing takes (`hf` hands
-    unknown ones to `from_pretrained`, and the model's __init__ refuses them), or a safetensors file that
-    cannot be read. None for any other error (re-raised as it is)."""
+    unknown ones to `from_pretrained`, and the model's __init__ refuses them), a safetensors file that cannot
+    be read, a hub id that cannot be loaded. None for any other error (re-raised as it is)."""
     if isinstance(exc, TypeError):
         match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
         if match is None or match.group(1) not in kwargs:
@@ -455,6 +455,10 @@ def _model_load_error(exc: Exception, pretrained, kwargs: dict) -> FmtspecError 
         return FmtspecError(f"unknown model argument {name}= (neither promot_hf's, hf's nor the model's); {hint}")
     found = _unreadable_safetensors(_weight_folders(pretrained, kwargs))
     if found is None:
+        if isinstance(exc, OSError) and isinstance(pretrained, str) and not Path(pretrained).is_dir():
+            # a hub id the hub does not know, or cannot be reached for (transformers says which)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return FmtspecError(f"cannot load pretrained={pretrained} from the hub: {reason}")
         return None
     file, reason = found
     return FmtspecError(f"cannot read model weights {file}: {reason} (a truncated or corrupt safetensors file: "
