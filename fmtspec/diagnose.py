@@ -271,7 +271,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
 
     from fmtspec.run_folder import read_manifest
     from model_adapters.soft_prompt import load_soft_prompt
-    from trainers.data import Encoder, collate, render_examples
+    from trainers.data import Encoder, collate, render_examples, sample_seed
     from trainers.recipes import load_model
     from trainers.soft_prompt_model import PromptedModel
 
@@ -292,8 +292,11 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
     from fmtspec.run_folder import tokenizer_path
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(run_dir, manifest))  # as training cut articles
-    examples = render_examples(task, config["data"]["split"], shots=config["shots"], seed=config["seed"],
-                               limit=config["data"]["limit"], tokenizer=tokenizer)
+    # the run's training sample and demonstrations (from its split; a run recorded before data.seed existed
+    # took the first data.limit rows and the task's lm-eval few-shot split)
+    split, seed = config["data"]["split"], sample_seed(config)
+    examples = render_examples(task, split, shots=config["shots"], seed=config["seed"], limit=config["data"]["limit"],
+                               sample_seed=seed, fewshot_split=None if seed is None else split, tokenizer=tokenizer)
     plan = alignment_batches(len(examples), batches, batch_size, seed)
     result = {"run": str(run_dir), "task": task, "layer": layer, "batches": batches, "batch_size": batch_size,
               "seed": seed, "modules": list(MODULES), "plan": plan, "steps": []}

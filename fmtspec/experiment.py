@@ -13,6 +13,9 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
     baseline: pretrained               # the label the leaderboard's deltas are taken against
     lm_eval: {batch_size: 8, limit: null, gen_kwargs: null, device: null, model_args: {}}
     train: {tasks: [fmtspec_rte]}       # config keys every trained run shares (< its config < its `train`)
+                                       # logging: {tensorboard: true, wandb: {project: P}} there: each run's
+                                       # events in runs/<label>/tensorboard (an absolute folder: DIR/<label>),
+                                       # each run a W&B run named by its label, grouped by `name`
     runs:
       - {label: pretrained, method: pretrained}
       - {label: finetune, config: configs/promot/mt5_xxl/rte/finetune.yaml, checkpoints: all}
@@ -23,9 +26,14 @@ command and the `promot_hf` model, write `leaderboard.md`, plots and the diagnos
       - {label: pm, method: promot, stage1_from: pt}        # ProMoT whose stage 1 is prompt_tuning run pt's
                                        # prompt (not trained again)
     alignment: {runs: [finetune], steps: [0, final], layer: "decoder:-1", batches: 4, batch_size: 8}
-    launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train
+    launcher: scripts/train_single_node.sh --num_gpus 8   # default: python -m fmtspec train; on GPUs
+                                       # scripts/train_single_node.sh (DeepSpeed, one process per GPU)
     jobs: 2                            # runs trained at once, each on cores/jobs CPU threads (default 1);
-                                       # lm_eval scores in as many worker processes
+                                       # on the CPU, lm_eval scores in as many worker processes
+    gpus: auto                         # auto (default: the GPUs CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`,
+                                       # shows; none on a CPU machine), N (the first N of them; 0: none)
+                                       # or [0, 1, ...] (those GPUs); with G of them each run trains on
+                                       # G/jobs, and lm_eval scores one worker per GPU or data-parallel
 
 Folder (`--output`, else `output:`, else experiments_out/<name>):
 
@@ -41,6 +49,13 @@ Folder (`--output`, else `output:`, else experiments_out/<name>):
 Re-running skips finished work: a run folder with a run.json is not trained again (a folder without one
 is resumed with `--resume`), and a score whose score.json matches the same command, and is newer than
 the run, is not recomputed.
+
+GPUs (the rule, in full, above `visible_gpus`): with `jobs: 1` every run trains on all the experiment's GPUs
+through the DeepSpeed launcher (as many as its batch_size / micro_batch_size allows). Scoring P checkpoints on
+G GPUs takes min(P, G) lm_eval workers: one per GPU (CUDA_VISIBLE_DEVICES=<i>, --device cuda:0) while P >= G
+(many small checkpoints); with P < G (few, large) each worker runs data-parallel over G // P GPUs (`accelerate
+launch`), so that no GPU idles. No two workers running at once share a GPU. Without GPUs everything runs as it
+does on the CPU.
 """
 
 from __future__ import annotations
@@ -65,7 +80,7 @@ TINY_PREFIX = "tiny:"  # base_model: tiny:<kind> builds fmtspec.tiny_models' mod
 PRETRAIN_PREFIX = "pretrain:"  # base_model: pretrain:<config> pretrains (once, cached) a base from scratch
 
 TOP_KEYS = ("name", "output", "base_model", "tasks", "checkpoint_tasks", "baseline", "lm_eval", "train", "runs",
-            "alignment", "launcher", "jobs")
+            "alignment", "launcher", "jobs", "gpus")
 RUN_KEYS = ("label", "method", "config", "model", "train", "init_from", "stage1_from", "checkpoints", "seeds")
 RUN_LINKS = ("init_from", "stage1_from")  # run keys that name an earlier run
 LM_EVAL_KEYS = ("batch_size", "limit", "gen_kwargs", "device", "model_args")
@@ -96,7 +111,9 @@ class Experiment:
     runs: list[RunSpec]
     alignment: dict | None = None
     launcher: list[str] | None = None  # the command that trains, before CONFIG.yaml (default: fmtspec train)
-    jobs: int = 1  # runs trained (and lm_eval workers scoring) at once
+    jobs: int = 1  # runs trained at once (on the CPU: and lm_eval workers scoring)
+    gpus: str | int | list = "auto"  # `gpus:` as written: "auto", a count, or a list of device numbers (strings)
+    devices: list[str] | None = None  # the GPUs of this invocation, once found (experiment_gpus)
     env: dict = field(default_factory=dict)  # extra environment of every subprocess (the demo's data folders)
     bases: dict = field(default_factory=dict)  # pretrain:<config> -> its model folder, once found
     log: list[dict] = field(default_factory=list)  # actions of this invocation
@@ -167,6 +184,7 @@ def _read_yaml(path: Path) -> dict:
 
 def load_experiment(path: str | Path, output: str | Path | None = None) -> Experiment:
     """Read and check the whole experiment (every run's training config too) before any work."""
+    from trainers import run_logs
     from trainers.config import METHODS, load_config, merge
 
     source = Path(path)
@@ -231,6 +249,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         if not isinstance(item.get("train", {}), dict):
             raise FmtspecError(f"{source}: {where}: 'train' must be a mapping of training config keys")
         raw = merge(raw, item.get("train") or {})
+        _run_logging(raw, label, name)
         if method is not None:
             raw["method"] = method
         if model:
@@ -254,6 +273,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             raw["stage1_from"] = str(out / "runs" / stage1)
         try:  # a tiny: or pretrain: base is checked above and resolved when the run starts
             config = load_config(None, raw=raw, model_prefixes=(TINY_PREFIX, PRETRAIN_PREFIX))
+            run_logs.check(config)  # a configured writer that is not installed: before any run trains
         except FmtspecError as exc:
             raise FmtspecError(f"{source}: {where}: {exc}") from None
         runs.append(RunSpec(label, config["method"], raw.get("model"), raw, parent, checkpoints, stage1))
@@ -278,7 +298,40 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
     if not _is_int(jobs) or jobs < 1:
         raise FmtspecError(f"{source}: 'jobs' must be an integer >= 1, got {jobs!r}")
     return Experiment(name, source.resolve(), out, str(base_model) if base_model else "", tasks, checkpoint_tasks,
-                      baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source), jobs)
+                      baseline, lm_eval, runs, alignment, _launcher(data.get("launcher"), source), jobs,
+                      gpus=_gpus_setting(data.get("gpus", "auto"), source))
+
+
+def _gpus_setting(value, source: Path):
+    """`gpus:` as Experiment.gpus: "auto" (also null), a count >= 0, or a list of distinct device numbers
+    (kept as the strings CUDA_VISIBLE_DEVICES takes). What the machine has is checked when the work starts."""
+    if value is None or value == "auto":
+        return "auto"
+    if _is_int(value) and value >= 0:
+        return value
+    if (isinstance(value, list) and value and all(_is_int(v) and v >= 0 for v in value)
+            and len(set(value)) == len(value)):
+        return [str(v) for v in value]
+    raise FmtspecError(f"{source}: 'gpus' must be auto, a number of GPUs (0: none) or a list of distinct GPU "
+                       f"numbers such as [0, 1], got {value!r}")
+
+
+def _run_logging(raw: dict, label: str, experiment: str) -> None:
+    """Each run's `logging` (trainers/run_logs.py), from the experiment's `train:` like any shared key: a relative
+    `tensorboard` folder is inside each run folder already (`true`: runs/<label>/tensorboard); an absolute one
+    gets one subfolder per run, DIR/<label>, so that `tensorboard --logdir DIR` shows every run apart. With W&B
+    (`wandb.project`), each run is its own W&B run, named by its label and grouped by the experiment's name
+    (unless the run's config names them)."""
+    section = raw.get("logging")
+    if not isinstance(section, dict):
+        return  # nothing to do, or not a mapping: load_config says so
+    folder = section.get("tensorboard")
+    if isinstance(folder, str) and folder.strip() and Path(folder).expanduser().is_absolute():
+        section["tensorboard"] = str(Path(folder).expanduser() / label)
+    wandb = section.get("wandb")
+    if isinstance(wandb, dict) and wandb.get("project"):
+        wandb["name"] = wandb.get("name") or label
+        wandb["group"] = wandb.get("group") or experiment
 
 
 def _expand_seeds(items: list, source: Path):
@@ -427,6 +480,178 @@ def offline_env(exp: Experiment | None = None, share_cores: bool = True) -> dict
         if share_cores and exp.jobs > 1 and "OMP_NUM_THREADS" not in env:  # threads beyond the cores only slow torch down
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // exp.jobs))
     return env
+
+
+# ---- GPUs: which devices each training run and each lm_eval worker gets ------------------------------------
+#
+# Training: on G GPUs, min(jobs, G) runs train at once, each on G // that many GPUs (jobs: 1, the default: every
+# run on all G) through the DeepSpeed launcher, scripts/train_single_node.sh unless `launcher:` names another,
+# with CUDA_VISIBLE_DEVICES set to the run's GPUs (and, for runs side by side, their own --master_port). With the
+# default launcher a run takes as many of its GPUs as its batch allows (batch_size a multiple of micro_batch_size
+# x processes: a config without micro_batch_size trains on one GPU; fitting_devices).
+# Scoring: P lm_eval command lines to run on G GPUs go to W = min(P, G) workers of k = G // W GPUs each: while
+# there are at least as many checkpoints to score as GPUs, one worker per GPU (CUDA_VISIBLE_DEVICES=<i>,
+# --device cuda:0; each job loads one copy of its model on one GPU and nothing is shared); with fewer, the GPUs
+# that would idle are used data-parallel: each worker runs its jobs under `accelerate launch` in k processes
+# (one per GPU, every request split k ways). The time to score is about ceil(P / W) x (load + eval / k): with
+# P >= G that is smallest at k = 1 (data-parallelism only adds each process's model load and the gathers),
+# with P < G at k = G // P (the load is paid once per GPU anyway). `lm_eval.device` set: as written, `jobs`
+# workers seeing all the GPUs; `lm_eval.model_args.parallelize`: min(jobs, P, G) workers, each splitting its
+# model over G // that many GPUs. No GPU (a CPU machine, or `gpus: 0`): `jobs` runs and workers, as always.
+
+SINGLE_NODE = REPO / "scripts" / "train_single_node.sh"
+TRAIN_PORT = 29500  # DeepSpeed rendezvous port of the first of the runs trained side by side (+1 for the next)
+SCORE_PORT = 29600  # accelerate's port of the first data-parallel lm_eval worker (+1 for the next)
+
+
+def visible_gpus(env: dict | None = None) -> list[str]:
+    """The GPUs this machine shows, named as CUDA_VISIBLE_DEVICES names them, without importing torch: the
+    entries of CUDA_VISIBLE_DEVICES where it is set (as CUDA reads it: none from an empty or negative entry on),
+    else one per GPU line of `nvidia-smi -L` ("0", "1", ...), else none."""
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        ids = []
+        for entry in env["CUDA_VISIBLE_DEVICES"].split(","):
+            entry = entry.strip()
+            if not entry or entry.startswith("-"):
+                break
+            ids.append(entry)
+        return ids
+    return [str(i) for i in range(_nvidia_smi_count())]
+
+
+def _nvidia_smi_count() -> int:
+    """GPUs `nvidia-smi -L` lists (MIG instances, listed indented under their GPU, are not counted)."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def experiment_gpus(exp: Experiment) -> list[str]:
+    """The GPUs of this invocation (found once): `gpus: auto` those the machine shows, `gpus: N` the first N
+    of them, `gpus: [...]` those listed, each of which the machine must show; [] on a machine without GPUs."""
+    if exp.devices is None:
+        shown = visible_gpus()
+        how = (f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}" if "CUDA_VISIBLE_DEVICES" in os.environ
+               else "nvidia-smi -L")
+        if exp.gpus == "auto":
+            devices = shown
+        elif isinstance(exp.gpus, int):
+            if exp.gpus > len(shown):
+                raise FmtspecError(f"{exp.source}: gpus: {exp.gpus}, but this machine shows {len(shown)} GPU(s) "
+                                   f"({how})")
+            devices = shown[:exp.gpus]
+        else:
+            missing = [d for d in exp.gpus if d not in shown]
+            if missing:
+                raise FmtspecError(f"{exp.source}: gpus: GPU {missing[0]} is not one this machine shows ({how}: "
+                                   f"{', '.join(shown) or 'none'})")
+            devices = list(exp.gpus)
+        exp.devices = devices
+    return exp.devices
+
+
+def device_env(exp: Experiment, devices: list[str]) -> dict:
+    """CUDA_VISIBLE_DEVICES of a subprocess on `devices`; with no GPU nothing (the environment as before),
+    except that `gpus: 0` hides the machine's GPUs."""
+    if devices:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+    return {"CUDA_VISIBLE_DEVICES": ""} if exp.gpus == 0 else {}
+
+
+def train_slots(exp: Experiment) -> list[list[str]]:
+    """The GPUs of each of the runs trained at once: min(jobs, G) slots of G // slots GPUs; without GPUs,
+    `jobs` slots of none."""
+    devices = experiment_gpus(exp)
+    if not devices:
+        return [[] for _ in range(exp.jobs)]
+    slots = min(exp.jobs, len(devices))
+    size = len(devices) // slots
+    return [devices[i * size:(i + 1) * size] for i in range(slots)]
+
+
+def fitting_devices(devices: list[str], config: dict) -> list[str]:
+    """The most of `devices` (the first ones) that a run of `config` trains on: DeepSpeed needs batch_size to
+    be a multiple of micro_batch_size (default: batch_size) x processes, and the global batch stays the
+    config's."""
+    micro = config.get("micro_batch_size") or config["batch_size"]
+    usable = [k for k in range(1, len(devices) + 1) if config["batch_size"] % (micro * k) == 0]
+    return devices[:max(usable, default=1)]
+
+
+def train_command(exp: Experiment, devices: list[str], port: int | None = None) -> tuple[list[str], dict]:
+    """(launcher argv before CONFIG.yaml, environment) of one run on `devices`: without GPUs `launcher:` or
+    `python -m fmtspec train` as before; on GPUs `launcher:` or scripts/train_single_node.sh, which starts one
+    process per GPU of CUDA_VISIBLE_DEVICES (and gets `--master_port port` when runs train side by side)."""
+    env = {**offline_env(exp), **device_env(exp, devices)}
+    if not devices:
+        return list(exp.launcher or [sys.executable, "-m", "fmtspec", "train"]), env
+    launcher = list(exp.launcher or [str(SINGLE_NODE)])
+    if any(Path(arg).name == SINGLE_NODE.name for arg in launcher):
+        env.setdefault("DEEPSPEED", f"{sys.executable} -m deepspeed.launcher.runner")  # this venv's, PATH or not
+        env.setdefault("PYTHON", sys.executable)
+        if port is not None and "--master_port" not in launcher:
+            launcher += ["--master_port", str(port)]
+    return launcher, env
+
+
+@dataclass
+class ScoreWorker:
+    """One lm_eval worker process (`python -m fmtspec.lm_eval_batch`) and what it runs on."""
+
+    env: dict = field(default_factory=dict)  # added to its environment (CUDA_VISIBLE_DEVICES)
+    args: list[str] = field(default_factory=list)  # added to each of its lm_eval command lines (--device cuda:0)
+    processes: int = 1  # > 1: data-parallel, `accelerate launch` in that many processes (one per GPU)
+    port: int = SCORE_PORT  # accelerate's rendezvous port when data-parallel
+
+
+def score_workers(exp: Experiment, pending: int) -> list[ScoreWorker]:
+    """The lm_eval workers for `pending` command lines, by the rule above."""
+    devices = experiment_gpus(exp)
+    pending = max(1, pending)
+    if not devices:
+        return [ScoreWorker(device_env(exp, [])) for _ in range(min(exp.jobs, pending))]
+    if exp.lm_eval.get("device"):
+        return [ScoreWorker(device_env(exp, devices)) for _ in range(min(exp.jobs, pending))]
+    parallelize = str((exp.lm_eval.get("model_args") or {}).get("parallelize", "")).lower() in ("true", "1")
+    count = min(exp.jobs, pending, len(devices)) if parallelize else min(pending, len(devices))
+    size = len(devices) // count
+    groups = [devices[i * size:(i + 1) * size] for i in range(count)]
+    if parallelize:
+        return [ScoreWorker(device_env(exp, group)) for group in groups]
+    env = {}
+    if "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in exp.env:  # a share of the cores each
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(devices)))
+    if size == 1:
+        return [ScoreWorker({**env, **device_env(exp, group)}, ["--device", "cuda:0"]) for group in groups]
+    return [ScoreWorker({**env, **device_env(exp, group)}, [], size, SCORE_PORT + i) for i, group in enumerate(groups)]
+
+
+def worker_command(worker: ScoreWorker, job_file: Path) -> list[str]:
+    """The command of a worker running the lm_eval command lines of `job_file`."""
+    batch = ["-m", "fmtspec.lm_eval_batch", str(job_file)]
+    if worker.processes == 1:
+        return [sys.executable, *batch]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(worker.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(worker.port), *batch]
+
+
+def _workers_text(workers: list[ScoreWorker], pending: int) -> str:
+    used = min(len(workers), pending)
+    if used <= 1 and workers[0].processes == 1:
+        gpu = workers[0].env.get("CUDA_VISIBLE_DEVICES")
+        return f" on GPU {gpu}" if gpu and "," not in gpu else ""
+    if workers[0].processes > 1:
+        return f" in {used} data-parallel worker(s) of {workers[0].processes} GPUs"
+    pinned = bool(workers[0].args)
+    return f" in {used} worker processes" + (", one per GPU" if pinned else "")
 
 
 _RECORD_LOCK = threading.Lock()
@@ -580,14 +805,18 @@ def check_trained_configs(exp: Experiment) -> None:
         trained = read_manifest(run_dir).get("config")
         if isinstance(trained, dict):
             trained = json.loads(json.dumps(merge(defaults(), trained)))
+            trained.pop("logging", None)  # where a run logs its metrics does not change what it trained
         config = resolved_config(exp, spec)[1]
+        config.pop("logging", None)
         if trained is not None and trained != config:
             raise FmtspecError(f"run '{spec.label}': {run_dir} was trained with another config "
                                f"('{_first_difference(trained, config)}' differs); delete it to train again")
 
 
-def train_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> None:
-    """Train `spec` into runs/<label>, unless its run.json is there; resume an interrupted run."""
+def train_run(exp: Experiment, spec: RunSpec, stream: bool = False, devices: list[str] | None = None,
+              port: int | None = None) -> None:
+    """Train `spec` into runs/<label>, unless its run.json is there; resume an interrupted run. On `devices`
+    (default: every GPU of the experiment; none on a CPU machine), see train_command."""
     import yaml
 
     from fmtspec.run_folder import is_run_folder
@@ -597,7 +826,7 @@ def train_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> None:
         say(f"train {spec.label}: done before, skipped ({run_dir})")
         record(exp, "skip-train", spec.label)
         return
-    raw, _ = resolved_config(exp, spec)
+    raw, config = resolved_config(exp, spec)
     config_file = exp.output / "configs" / f"{spec.label}.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     text = (f"# merged by fmtspec experiment {exp.source.name} for run '{spec.label}'\n"
@@ -605,14 +834,23 @@ def train_run(exp: Experiment, spec: RunSpec, stream: bool = False) -> None:
     if not config_file.is_file() or config_file.read_text() != text:
         config_file.write_text(text)
     resume = run_dir.is_dir() and any(run_dir.iterdir())
-    launcher = exp.launcher or [sys.executable, "-m", "fmtspec", "train"]
+    devices = experiment_gpus(exp) if devices is None else devices
+    if devices and exp.launcher is None:  # a `launcher:` of the experiment's own decides for itself
+        fitting = fitting_devices(devices, config)
+        if len(fitting) < len(devices):
+            say(f"train {spec.label}: batch_size {config['batch_size']} with micro_batch_size "
+                f"{config['micro_batch_size'] or config['batch_size']} trains on {len(fitting)} of its {len(devices)} "
+                "GPUs (DeepSpeed: batch_size = micro_batch_size x processes x accumulation steps)")
+        devices = fitting
+    launcher, env = train_command(exp, devices, port)
     cmd = [*launcher, str(config_file), "--output", str(run_dir)]
     if resume:
         cmd.append("--resume")
-    say(f"train {spec.label} ({spec.method}){' resuming' if resume else ''} -> {run_dir}")
+    gpus = env.get("CUDA_VISIBLE_DEVICES")
+    say(f"train {spec.label} ({spec.method}){' resuming' if resume else ''}{f' on GPU {gpus}' if gpus else ''}"
+        f" -> {run_dir}")
     start = time.time()
-    run_logged(cmd, exp.output / "logs" / f"{spec.label}.train.log", f"training run '{spec.label}'", stream,
-               offline_env(exp))
+    run_logged(cmd, exp.output / "logs" / f"{spec.label}.train.log", f"training run '{spec.label}'", stream, env)
     if not is_run_folder(run_dir):
         raise FmtspecError(f"training run '{spec.label}' ended without writing {run_dir}/run.json")
     record(exp, "resume" if resume else "train", spec.label, seconds=round(time.time() - start, 1))
@@ -663,31 +901,40 @@ def score_job(model_args: dict, tasks: list[str], out_dir: Path, settings: dict,
     return job
 
 
-def run_scores(jobs: list[ScoreJob], workers: int = 1, env: dict | None = None, stream: bool = False) -> None:
+def run_scores(jobs: list[ScoreJob], workers: int | list[ScoreWorker] = 1, env: dict | None = None,
+               stream: bool = False) -> None:
     """Run the jobs not done yet, in `workers` processes of `python -m fmtspec.lm_eval_batch` (each pays
-    lm_eval's start-up once); every job's output goes to its own log. Raises on the first failure, after
-    marking what finished."""
+    lm_eval's start-up once; a number, or the ScoreWorkers of score_workers: their GPUs), the jobs dealt out
+    in turn; every job's output goes to its own log. Raises on the first failure, after marking what
+    finished."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if isinstance(workers, int):
+        workers = [ScoreWorker() for _ in range(workers)]
     pending = [job for job in jobs if job.results is None]
-    chunks = [pending[i::workers] for i in range(workers) if pending[i::workers]]
-    with ThreadPoolExecutor(max(1, len(chunks))) as pool:
-        for future in [pool.submit(_run_batch, chunk, env, stream) for chunk in chunks]:
+    count = min(len(workers), len(pending))
+    chunks = [pending[i::count] for i in range(count)]
+    with ThreadPoolExecutor(max(1, count)) as pool:
+        for future in [pool.submit(_run_batch, chunk, env, stream, worker) for chunk, worker in zip(chunks, workers)]:
             future.result()
 
 
-def _run_batch(jobs: list[ScoreJob], env: dict | None, stream: bool) -> None:
+def _run_batch(jobs: list[ScoreJob], env: dict | None, stream: bool, worker: ScoreWorker | None = None) -> None:
     from fmtspec.lm_eval_batch import DONE
+
+    worker = worker or ScoreWorker()
 
     before = {id(job): _results_files(job.out_dir) for job in jobs}
     job_file = jobs[0].log.parent / f".lm_eval_batch-{os.getpid()}-{threading.get_ident()}.json"
     job_file.parent.mkdir(parents=True, exist_ok=True)
-    job_file.write_text(json.dumps([job.argv for job in jobs]))
+    job_file.write_text(json.dumps([job.argv + worker.args for job in jobs]))
+    launch = "" if worker.processes == 1 else f"(accelerate launch, {worker.processes} processes) "
+    gpus = f"CUDA_VISIBLE_DEVICES={worker.env['CUDA_VISIBLE_DEVICES']} " if "CUDA_VISIBLE_DEVICES" in worker.env else ""
     for job in jobs:
         job.log.parent.mkdir(parents=True, exist_ok=True)
-        job.log.write_text("$ lm_eval " + " ".join(job.argv) + "\n")
-    proc = subprocess.Popen([sys.executable, "-m", "fmtspec.lm_eval_batch", str(job_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env or offline_env(), text=True, errors="replace")
+        job.log.write_text(f"$ {gpus}{launch}lm_eval " + " ".join(job.argv + worker.args) + "\n")
+    proc = subprocess.Popen(worker_command(worker, job_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**(env or offline_env()), **worker.env}, text=True, errors="replace")
     current, done, tail = 0, set(), []
     out = open(jobs[0].log, "a")
     try:
@@ -812,17 +1059,17 @@ def checkpoint_jobs(exp: Experiment, spec: RunSpec, finals: dict[str, ScoreJob])
 
 def score_all(exp: Experiment, stream: bool = False) -> dict[str, list[tuple[int, Path]]]:
     """Score every run, and every checkpoint of the runs with `checkpoints: all`, in `exp.jobs` lm_eval
-    worker processes; returns each such run's [(step, results file)]."""
+    worker processes (on GPUs: score_workers'); returns each such run's [(step, results file)]."""
     finals = {spec.label: final_job(exp, spec) for spec in exp.runs}
     curves = {spec.label: checkpoint_jobs(exp, spec, finals) for spec in exp.runs if spec.checkpoints == "all"}
     jobs = list({id(job): job for job in [*finals.values(), *(job for points in curves.values()
                                                               for _, job in points)]}.values())
     pending = sum(job.results is None for job in jobs)
-    say(f"stage score: {pending} lm_eval run(s) of {len(jobs)}"
-        + (f" in {min(exp.jobs, pending)} worker processes" if min(exp.jobs, pending) > 1 else ""))
+    workers = score_workers(exp, pending) if pending else [ScoreWorker()]
+    say(f"stage score: {pending} lm_eval run(s) of {len(jobs)}" + _workers_text(workers, pending))
     start = time.time()
     try:
-        run_scores(jobs, exp.jobs, offline_env(exp), stream)
+        run_scores(jobs, workers, offline_env(exp), stream)
     finally:
         for label, job in finals.items():
             if job.results is not None:
@@ -882,27 +1129,44 @@ def _alignment_done(folder: Path, run_dir: Path, settings: dict) -> bool:
 
 
 def train_all(exp: Experiment, stream: bool = False) -> None:
-    """Train every run not trained yet, `exp.jobs` at a time; a run waits for the run it starts from."""
+    """Train every run not trained yet, `exp.jobs` at a time (on GPUs: each on its share of them, train_slots);
+    a run waits for the run it starts from."""
     trained = [r for r in exp.runs if r.method != PRETRAINED]
-    if exp.jobs == 1:
+    if not trained:
+        return
+    slots = train_slots(exp)
+
+    def on(slot: int, devices: list[str]) -> dict:  # train_run's GPU arguments (none on a CPU machine)
+        return {"devices": devices, "port": TRAIN_PORT + slot if len(slots) > 1 else None} if devices else {}
+
+    if len(slots) == 1:
         for i, spec in enumerate(trained, 1):
             say(f"stage train [{i}/{len(trained)}]")
-            train_run(exp, spec, stream)
+            train_run(exp, spec, stream, **on(0, slots[0]))
         return
+    import queue
     from concurrent.futures import ThreadPoolExecutor, wait
 
     for model in dict.fromkeys(spec.model for spec in trained if spec.model):
         resolve_model(exp, model)  # a base to pretrain or build: once, before the runs that share it
-    say(f"stage train: {len(trained)} run(s), {exp.jobs} at a time")
+    say(f"stage train: {len(trained)} run(s), {len(slots)} at a time"
+        + (f", {len(slots[0])} GPU(s) each" if slots[0] else ""))
     futures: dict = {}
+    free: queue.Queue = queue.Queue()
+    for slot in enumerate(slots):
+        free.put(slot)
 
     def train_after_parent(spec: RunSpec) -> None:
         for parent in (spec.init_from, spec.stage1_from):
             if parent:  # submitted earlier, so already running or done: no deadlock
                 futures[parent].result()
-        train_run(exp, spec, stream)
+        slot, devices = free.get()  # as many slots as threads: one is free
+        try:
+            train_run(exp, spec, stream, **on(slot, devices))
+        finally:
+            free.put((slot, devices))
 
-    with ThreadPoolExecutor(exp.jobs) as pool:
+    with ThreadPoolExecutor(len(slots)) as pool:
         for spec in trained:
             futures[spec.label] = pool.submit(train_after_parent, spec)
         wait(futures.values())

@@ -8,12 +8,14 @@ tables and errors are the command's. What the batch saves is the start-up every 
 set of task folders and reused, the tasks themselves are loaded fresh by each job.
 
 After each job it prints one line `fmtspec-batch: job N done`, which `fmtspec experiment` reads to know
-what finished when a later job fails.
+what finished when a later job fails. Under `accelerate launch` (data-parallel, one process per GPU) every
+process runs every job and only the main one (RANK 0) prints these lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,12 +45,15 @@ def run_jobs(jobs: list[list[str]]) -> None:
 
     setup_logging()
     _reuse_task_index()
+    main = os.environ.get("RANK", "0") == "0"  # the markers once, not once per data-parallel process
     for i, argv in enumerate(jobs):
-        print(f"fmtspec-batch: job {i}: lm_eval {' '.join(argv)}", flush=True)
+        if main:
+            print(f"fmtspec-batch: job {i}: lm_eval {' '.join(argv)}", flush=True)
         sys.argv = ["lm_eval", *argv]  # the stock parser reads sys.argv (and inserts `run` as lm_eval does)
         cli = HarnessCLI()
         cli.execute(cli.parse_args())
-        print(DONE.format(i), flush=True)
+        if main:
+            print(DONE.format(i), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

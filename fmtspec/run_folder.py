@@ -8,6 +8,8 @@
       metrics.jsonl     one JSON object per logged step: step, loss, lr, tokens_per_s, and val_* metrics
       checkpoints/      step-<N>/ folders, each written atomically (temporary folder, then rename)
       config.json       the resolved config, written when the run starts (--resume compares it)
+      tensorboard/      TensorBoard event files, with `logging.tensorboard: true` (trainers/run_logs.py)
+      wandb.json        the id of the run's W&B run, with `logging.wandb` (--resume continues it)
       .lock             flock-ed by the one process writing the folder (its pid inside); readers ignore it
 
 run.json keys (all written by the trainers; readers must tolerate extra keys):

@@ -14,14 +14,23 @@ ignores. Generation is also done here, because stock `hf` gets seq2seq wrong (it
 `context + max_gen_toks` as the decoder's `max_length` and its stop check looks back from the encoder
 length) and pads a prompted decoder-only batch on the wrong side of the prompt: `promot_hf` generates
 at most `max_gen_toks` new tokens, stops at the stop strings, and gives the same text at any batch size.
+
+Data parallel (`torchrun --nproc_per_node N -m lm_eval --model promot_hf ...`, or `accelerate launch`): every
+process scores its share of the documents and rank 0 writes the results file that one process would write,
+its own records (`task_prompts`, `truncated_requests`) gathered from every rank. `hf` alone would split the
+work only with more than one GPU on the machine and number the processes by their index on their machine
+(see `_data_parallel`). `parallelize=True` (one model over several GPUs) computes the prompt and the inputs
+on the device of the input embeddings.
 """
 
 from __future__ import annotations
 
+import collections
 import difflib
 import fnmatch
 import inspect
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -37,7 +46,7 @@ from fmtspec import run_folder
 from fmtspec.errors import FmtspecError, install_excepthook, raised_in
 from fmtspec.sentinels import sentinel_ids
 from model_adapters.soft_prompt import CONFIG_FILE, check_width, load_soft_prompt, read_adapter_type
-from model_adapters.stop_strings import StopStrings
+from model_adapters.stop_strings import CONTEXT, StopStrings, TokenText
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ SENTINEL = "<extra_id_0>"
 # to 1,024 tokens each, four summaries, the templates), fits. `hf` would take 512 (t5's `n_positions`,
 # Flan-T5's tokenizer) or 2,048 and cut the demonstrations off.
 RELATIVE_POSITION_CONTEXT = 8192
+# The label of a request not to count in the records: a copy lm-eval pads a rank's requests with (data parallel)
+UNCOUNTED = "<promot_hf: not counted>"
 
 
 class PromotHFLM(HFLM):
@@ -88,6 +99,10 @@ class PromotHFLM(HFLM):
         loras = [folder for folder in folders if read_adapter_type(folder) == "LORA"]
         # read every prompt before loading the model, so that a bad folder fails fast
         soft_prompts = {folder: load_soft_prompt(folder) for folder in folders if folder not in loras}
+        self._records = None  # rank 0 of a data-parallel run: (task_prompts, truncated) of every rank
+        self._padding = []  # lm-eval's padding copies among the requests of the last call (see `barrier`)
+        self._token_text = None  # what each token adds to a generation's text (the stop check's filter)
+        _cpu_processes(kwargs)
         try:
             super().__init__(pretrained=pretrained, **kwargs)
         except (TypeError, SafetensorError, OSError) as exc:
@@ -95,17 +110,40 @@ class PromotHFLM(HFLM):
             if known is None:
                 raise
             raise known from None
+        self._data_parallel()
 
         embeddings = self.model.get_input_embeddings().weight
-        self._prompts = {}  # prompt folder -> [P, d] on the model's device, in its dtype
+        self._prompts = {}  # prompt folder -> [P, d] on the input embeddings' device, in their dtype
         for folder, soft in soft_prompts.items():
             check_width(soft, embeddings.shape[1], folder)
-            self._prompts[folder] = soft.embeddings.to(device=embeddings.device, dtype=embeddings.dtype)
+            self._prompts[folder] = soft.embeddings.to(device=self._embedding_device, dtype=embeddings.dtype)
         self._loras, self._lora_tuner = self._load_loras(loras)
         if untasked is not None:
             raise FmtspecError(f"prompt=auto needs the tasks of soft prompt {untasked}: give "
                                "prompt_tasks=<task|glob|...> (or prompt=on to prompt every task)")
         self._sentinel = self._resolve_sentinel(sentinel, manifest)
+
+    def _data_parallel(self) -> None:
+        """Split the requests between all processes of a launch, numbered by their global index.
+
+        lm-eval's `hf` (0.4) makes each process score 1/N of the documents only when it counts more than one
+        GPU on its machine, and then takes `accelerator.local_process_index` as the rank: on CPUs or one GPU a
+        machine every process scores everything, and across machines the processes of each take the same
+        shares (two rank 0s) while other shares are scored by no one. The accelerator lm-eval made (present
+        whenever the launch has several processes) gives the global index and the number of processes."""
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or accelerator.num_processes <= 1:
+            return
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        if self._rank == 0:
+            log.info("promot_hf: data parallel over %d processes (%s)", self._world_size, accelerator.device)
+
+    @property
+    def model(self):
+        # `hf` returns `accelerator.unwrap_model(self._model)` whenever a launch has several processes, but never
+        # hands the model to `accelerator.prepare`: there is nothing to unwrap, and each call looks for DeepSpeed
+        # wrappers (importing DeepSpeed where installed: seconds at each process's start)
+        return self._model
 
     # ---- which prompt serves which task ----
 
@@ -129,20 +167,63 @@ class PromotHFLM(HFLM):
             self._checked_tasks = True
             self._check_prompt_tasks(requests)
         groups: dict[str | None, list[int]] = {}
+        labels = []  # per request: its task, or UNCOUNTED
+        seen = collections.Counter()
+        self._padding = []
         for i, request in enumerate(requests):
             folder = self._prompt_for(request.task_name)
-            self._task_prompts[request.task_name] = folder
-            self._truncated.setdefault(request.task_name, 0)
+            # lm-eval evens out the ranks' requests with copies of a rank's last one: an Instance present more
+            # often than its `repeats` (one process never passes one so) is such a copy, not a request
+            seen[id(request)] += 1
+            padding = seen[id(request)] > max(1, int(getattr(request, "repeats", 1) or 1))
+            labels.append(UNCOUNTED if padding else request.task_name)
+            if padding:
+                self._padding.append(request)
+            else:
+                self._task_prompts[request.task_name] = folder
+                self._truncated.setdefault(request.task_name, 0)
             groups.setdefault(folder, []).append(i)
+        # Data parallel, every rank runs the same groups in the same order, so that the collectives inside `hf`
+        # (rolling loglikelihood, batch_size=auto) pair up: lm-eval gives every rank documents of every task
+        # (it refuses a rank with none) in the same task order, and its padding copies add no group.
         results = [None] * len(requests)
         for folder, indices in groups.items():
             self._activate(folder)
             try:
-                for i, result in zip(indices, run([requests[i] for i in indices]), strict=True):
+                out = run([requests[i] for i in indices], [labels[i] for i in indices])
+                for i, result in zip(indices, out, strict=True):
                     results[i] = result
             finally:
                 self._activate(None)
+        self._gather_records()
         return results
+
+    def barrier(self) -> None:
+        """lm-eval calls this on every rank after each request type, once it has appended each answer to its
+        Instance's `resps`, its padding copies' too: a rank's last Instance would log (and filters that read
+        every answer would score) one answer per copy more than one process gives it. They are dropped here."""
+        copies = collections.Counter(map(id, self._padding))
+        for instance in {id(r): r for r in self._padding}.values():
+            resps, n = getattr(instance, "resps", None), copies[id(instance)]
+            if isinstance(resps, list) and len(resps) >= n:
+                del resps[len(resps) - n:]
+        self._padding = []
+        super().barrier()
+
+    def _gather_records(self) -> None:
+        """Data parallel: rank 0 gets every rank's task_prompts and truncation counts (for get_model_info,
+        which lm-eval calls on rank 0 alone), through lm-eval's own `gather_object`; one process: nothing."""
+        if self.world_size <= 1:
+            return
+        gathered = self.gather_object((self._task_prompts, self._truncated), dst=0)
+        if self.rank != 0:
+            return
+        task_prompts, truncated = {}, {}
+        for prompts, counts in gathered:
+            task_prompts.update(prompts)
+            for task, n in counts.items():
+                truncated[task] = truncated.get(task, 0) + n
+        self._records = task_prompts, truncated
 
     def _check_prompt_tasks(self, requests) -> None:
         """prompt=auto with prompt_tasks= that match none of the run's tasks would score every task without the
@@ -150,7 +231,7 @@ class PromotHFLM(HFLM):
         match none: a warning at the end, `get_model_info`.)"""
         if self._prompt_mode != "auto" or not self._explicit_tasks or not self._routes:
             return
-        tasks = _tasks_of_run(requests)
+        tasks = _tasks_of_run(requests)  # data parallel: every rank has every task, and decides alike
         if tasks and not any(self._prompt_for(task) for task in tasks):
             raise FmtspecError(f"prompt_tasks={'|'.join(p for p, _ in self._routes)} matches none of the tasks of "
                                f"this run ({', '.join(sorted(tasks))}): name them (`|`-separated names or globs), "
@@ -191,8 +272,8 @@ class PromotHFLM(HFLM):
         return names, peft_model.base_model
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
-        def run(group):
-            self._request_tasks = [request.task_name for request in group]
+        def run(group, labels):
+            self._request_tasks = labels
             try:
                 return super(PromotHFLM, self).loglikelihood(group, disable_tqdm)
             finally:
@@ -213,7 +294,7 @@ class PromotHFLM(HFLM):
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def _count_truncated(self, task: str | None, cut: bool) -> None:
-        if cut:
+        if cut and task != UNCOUNTED:
             if not self._truncated.get(task):
                 log.warning("promot_hf: %s: requests longer than max_length=%d tokens are cut from the left "
                             "(counted in the results file); give max_length=<tokens> to keep them whole",
@@ -222,10 +303,10 @@ class PromotHFLM(HFLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         return self._per_prompt(
-            requests, lambda group: super(PromotHFLM, self).loglikelihood_rolling(group, disable_tqdm))
+            requests, lambda group, _: super(PromotHFLM, self).loglikelihood_rolling(group, disable_tqdm))
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        return self._per_prompt(requests, lambda group: self._generate_group(group, disable_tqdm))
+        return self._per_prompt(requests, lambda group, labels: self._generate_group(group, labels, disable_tqdm))
 
     # ---- the prompt in the forward pass ----
 
@@ -240,10 +321,20 @@ class PromotHFLM(HFLM):
         length = RELATIVE_POSITION_CONTEXT if relative and not self._max_length else super().max_length
         return length - self._prompt_len
 
+    @property
+    def _embedding_device(self) -> torch.device:
+        """Where the input embeddings are computed, and so where the prompt and the inputs go: the embedding
+        module's weight device, or the execution device of an offloading device_map's hook. `self.device` can
+        be another: under `parallelize=True` it stays the `device=` asked for, while device_map places the
+        layers."""
+        module = self.model.get_input_embeddings()
+        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        return module.weight.device if device is None else torch.device(device)
+
     def _with_prompt(self, ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] token ids -> [B, P + L] input embeddings, the prompt first."""
-        embeds = self.model.get_input_embeddings()(ids)
-        prompt = self._active.to(embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
+        """[B, L] token ids -> [B, P + L] input embeddings, the prompt first, on the embeddings' device."""
+        embeds = self.model.get_input_embeddings()(ids.to(self._embedding_device))
+        prompt = self._active.to(device=embeds.device, dtype=embeds.dtype).unsqueeze(0).expand(ids.shape[0], -1, -1)
         return torch.cat([prompt, embeds], dim=1)
 
     def _model_call(self, inps, attn_mask=None, labels=None):
@@ -252,19 +343,21 @@ class PromotHFLM(HFLM):
         with torch.no_grad(), self._autocast():
             embeds = self._with_prompt(inps)
             if self.backend == "seq2seq":
-                mask = F.pad(attn_mask, (self._prompt_len, 0), value=1)
+                mask = F.pad(attn_mask.to(embeds.device), (self._prompt_len, 0), value=1)
+                labels = None if labels is None else labels.to(embeds.device)
                 return self.model(inputs_embeds=embeds, attention_mask=mask, labels=labels).logits
             return self.model(inputs_embeds=embeds).logits[:, self._prompt_len:]
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+        return torch.autocast(device_type=self._embedding_device.type, dtype=self.mixed_precision_dtype,
                               enabled=self.mixed_precision_dtype is not None)
 
     # ---- generation ----
 
-    def _generate_group(self, requests, disable_tqdm: bool):
+    def _generate_group(self, requests, labels, disable_tqdm: bool):
+        """`labels`: per request, the task to count a truncation under (or UNCOUNTED)."""
         results = []
-        reorder = Collator([(*r.args, r.task_name) for r in requests],
+        reorder = Collator([(*r.args, label) for r, label in zip(requests, labels, strict=True)],
                            sort_fn=lambda req: (-len(self.tok_encode(req[0])), req[0]),
                            group_by="gen_kwargs", group_fn=lambda req: req[1])
         batch_size = self._detect_batch_size() if str(self.batch_size).startswith("auto") else self.batch_size
@@ -322,7 +415,7 @@ class PromotHFLM(HFLM):
         for i, row in enumerate(rows):
             span = slice(width - len(row), width) if left else slice(0, len(row))
             ids[i, span], mask[i, span] = torch.tensor(row, dtype=torch.long), 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = ids.to(self._embedding_device), mask.to(self._embedding_device)
 
         kwargs = dict(kwargs)
         if not kwargs.get("do_sample"):
@@ -341,7 +434,11 @@ class PromotHFLM(HFLM):
                     masks.append(F.pad(mask[i], (self._prompt_len, 0), value=1))
             inputs, mask = {"inputs_embeds": torch.stack(embeds)}, torch.stack(masks)
             start = 0 if left else 1  # decoder-only generate given embeddings returns the new tokens only
-        stop = StopStrings(until, self._decode_generation, start)  # `start`: where the new tokens begin
+        if self._token_text is None:
+            self._token_text = TokenText(self._decode_generation,
+                                         self.tokenizer.encode(CONTEXT, add_special_tokens=False))
+        # `start`: where the new tokens begin; the token_text filter decodes only rows that may have stopped
+        stop = StopStrings(until, self._decode_generation, start, self._token_text)
         with self._autocast():
             out = self.model.generate(**inputs, attention_mask=mask, max_new_tokens=max_new, stopping_criteria=[stop],
                                       pad_token_id=pad, use_cache=True, **kwargs)
@@ -376,17 +473,17 @@ class PromotHFLM(HFLM):
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        if self._prompt_mode == "auto" and self._routes and self._task_prompts \
-                and not any(self._task_prompts.values()):
+        task_prompts, truncated = self._records or (self._task_prompts, self._truncated)
+        if self._prompt_mode == "auto" and self._routes and task_prompts and not any(task_prompts.values()):
             log.warning("promot_hf: prompt_tasks %s matched no task of this run (%s); no request used the prompt",
-                        "|".join(p for p, _ in self._routes), ", ".join(sorted(self._task_prompts)))
+                        "|".join(p for p, _ in self._routes), ", ".join(sorted(task_prompts)))
         info["promot_hf"] = {
             "prompt": self._prompt_mode,
             "sentinel": self._sentinel,
             "run_folder": None if self._run_dir is None else str(self._run_dir),
             "prompt_tasks": {pattern: folder for pattern, folder in self._routes},
-            "task_prompts": dict(sorted(self._task_prompts.items())),
-            "truncated_requests": dict(sorted(self._truncated.items())),
+            "task_prompts": dict(sorted(task_prompts.items())),
+            "truncated_requests": dict(sorted(truncated.items())),
         }
         return info
 
@@ -401,6 +498,20 @@ class PromotHFLM(HFLM):
 
 
 # ---- arguments ----
+
+
+def _cpu_processes(kwargs: dict) -> None:
+    """Several processes launched (torchrun, or `accelerate launch` with its torchrun-based launcher) on CPUs:
+    have accelerate join them in a process group (gloo), which it does only when ACCELERATE_USE_CPU says so.
+    lm-eval never says so, and `accelerate launch --cpu` starts one process, so without this every process
+    would score every request. Set when the launch has several processes and they run on CPUs (device=cpu,
+    or no accelerator on the machine); an ACCELERATE_USE_CPU already set is left as it is."""
+    if int(os.environ.get("WORLD_SIZE") or 1) <= 1 or kwargs.get("tp_plan") is not None:
+        return
+    accelerator = getattr(torch, "accelerator", None)
+    has_accelerator = torch.cuda.is_available() or (accelerator is not None and accelerator.is_available())
+    if str(kwargs.get("device") or "").startswith("cpu") or not has_accelerator:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 def _check_pretrained(pretrained, given) -> None:

@@ -209,6 +209,8 @@ def _fmtspec(row: Row, capsys, monkeypatch) -> tuple[int, str]:
 DRIVER = textwrap.dedent("""
     import contextlib, io, json, os, sys
     from lm_eval._cli.harness import HarnessCLI
+    from fmtspec.lm_eval_batch import _reuse_task_index
+    _reuse_task_index()  # lm-eval's task index built once, as fmtspec.lm_eval_batch does for its jobs
     out = []
     for case in json.load(open(sys.argv[1])):
         os.environ.update(case["env"])

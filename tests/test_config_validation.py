@@ -65,6 +65,7 @@ NUMBERS = {
     "max_input_length": ("1", "config key 'max_input_length' must be at least 2, got 1", "512", []),
     "max_target_length": ("0", "config key 'max_target_length' must be at least 1, got 0", "1", []),
     "data.limit": ("0", "config key 'data.limit' must be at least 1 (or null), got 0", "8", []),
+    "data.seed": ("-1", "config key 'data.seed' must be at least 0 (or null), got -1", "5", []),
     "eval.limit": ("0", "config key 'eval.limit' must be at least 1 (or null), got 0", "null", []),
     "eval.max_new_tokens": ("0", "config key 'eval.max_new_tokens' must be at least 1, got 0", "8", []),
     "eval.batch_size": ("0", "config key 'eval.batch_size' must be at least 1, got 0", "4", []),

@@ -193,20 +193,24 @@ def test_stop_check_reads_only_the_tail():
     assert seen == [3 + MARGIN, 3 + MARGIN]
 
 
-def test_stop_check_agrees_with_transformers_step_by_step(tiny_models):
+@pytest.mark.parametrize("filtered", [False, True], ids=["every_row", "token_text"])
+def test_stop_check_agrees_with_transformers_step_by_step(tiny_models, filtered):
     """Checked after every new token, as generate does, both checks stop a sequence at the same step, also
-    where the stop string lies inside the last token rather than at the end of the text."""
+    where the stop string lies inside the last token rather than at the end of the text; with the TokenText
+    filter (promot_hf's) as without."""
     import transformers
     from transformers.generation.stopping_criteria import StopStringCriteria
 
-    from model_adapters.stop_strings import StopStrings
+    from model_adapters.stop_strings import CONTEXT, StopStrings, TokenText
 
     tok = transformers.AutoTokenizer.from_pretrained(tiny_models["llama"])
     words = sorted(i for t, i in tok.get_vocab().items() if t.strip("▁").isalpha() or t in ("▁", ".", "\n"))
     gen = torch.Generator().manual_seed(0)
     stopped = inside = 0
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    token_text = TokenText(decode, tok.encode(CONTEXT, add_special_tokens=False)) if filtered else None
     for stop in [["an"], ["e", "th"], ["ion"], ["\n", "er"], ["or"]]:
-        ours = StopStrings(stop, lambda ids: tok.decode(ids, skip_special_tokens=True), start=0)
+        ours = StopStrings(stop, decode, start=0, token_text=token_text)
         theirs = StopStringCriteria(tok, stop)
         for _ in range(10):
             seq = [words[int(i)] for i in torch.randint(len(words), (12,), generator=gen)]
@@ -219,3 +223,117 @@ def test_stop_check_agrees_with_transformers_step_by_step(tiny_models):
                     inside += not any(tok.decode(seq[:n]).endswith(s) for s in stop)
                     break
     assert stopped >= 15 and inside >= 5, (stopped, inside)
+
+
+# ---- the TokenText filter: rows decoded only where a stop string can have come ----
+
+
+CORPUS = ("Grüße aus Köln, naïve café. Iași și București! 東京と大阪、そして京都。 Q: who? A: the river... "
+          "“quotes” — and 'apostrophes' don't stop; it's 3.5 km (or 2,000 m).\n\nQ: what? A: 42\n")
+
+
+def _byte_level_tokenizer():
+    """GPT-2's layout: byte-level BPE (tokens that are pieces of a UTF-8 character), clean-up of spaces."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([CORPUS] * 4, trainers.BpeTrainer(
+        vocab_size=380, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", clean_up_tokenization_spaces=True,
+                                   clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+
+
+def _byte_fallback_tokenizer():
+    """Llama's layout: BPE on ▁-joined text with <0xNN> byte tokens for what it lacks, Strip of the first space."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.normalizer = normalizer
+    trained.train_from_iterator([CORPUS.replace("東京", "")] * 4, trainers.BpeTrainer(  # some text only as bytes
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    model = json.loads(trained.to_str())["model"]
+    vocab = dict(model["vocab"])
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tok.normalizer = normalizer
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def _decoders(tiny_models):
+    """(name, token count, decode, context ids): promot_hf's own decoder on the tiny models (mT5 with its
+    sentinels kept), and plain `decode` for the byte-level and byte-fallback tokenizers."""
+    from model_adapters.promot_hf import PromotHFLM
+    from model_adapters.stop_strings import CONTEXT
+
+    for kind in ("t5", "mt5", "llama", "gpt2"):
+        lm = PromotHFLM(pretrained=str(tiny_models[kind]), prompt="off", device="cpu", dtype="float32",
+                        sentinel=str(kind == "mt5").lower())
+        yield kind, len(lm.tokenizer), lm._decode_generation, lm.tokenizer.encode(CONTEXT, add_special_tokens=False)
+    for name, tok in (("byte_level", _byte_level_tokenizer()), ("byte_fallback", _byte_fallback_tokenizer())):
+        decode = lambda ids, tok=tok: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+        yield name, len(tok), decode, tok.encode(CONTEXT, add_special_tokens=False)
+
+
+def test_token_text_filter_never_hides_a_new_stop_string(tiny_models):
+    """Random token sequences over the whole vocabulary (special tokens, sentinels, byte pieces included), each
+    with a stop string taken from its own final text (1-3 characters: letters, spaces, punctuation, newlines,
+    pieces of multi-byte characters), extended one token at a time as generate does: at the first step where
+    decoding every row finds the stop string, the filtered check decodes that row and finds it too; before,
+    neither stops. Most rows are not decoded at all."""
+    from model_adapters.stop_strings import StopStrings, TokenText
+
+    gen = torch.Generator().manual_seed(0)
+    for name, n_tokens, decode, context in _decoders(tiny_models):
+        token_text = TokenText(decode, context)
+        found = decoded = steps = 0
+        for _ in range(60):
+            seq = torch.randint(n_tokens, (16,), generator=gen).tolist()
+            text = decode(seq)
+            if not text:
+                continue
+            at, length = int(torch.randint(len(text), ())), 1 + int(torch.randint(3, ()))
+            stops = [text[at:at + length]]
+            every_row = StopStrings(stops, decode, start=0)
+            filtered = StopStrings(stops, decode, start=0, token_text=token_text)
+            for n in range(1, len(seq) + 1):
+                ids = torch.tensor([seq[:n]])
+                expected, got = bool(every_row(ids, None)[0]), bool(filtered(ids, None)[0])
+                steps += 1
+                decoded += filtered.may_end(seq[n - 1])
+                assert got == expected, (name, stops, seq[:n], decode(seq[:n]))
+                if expected:
+                    found += 1
+                    break
+        assert found >= 40, (name, found)
+        assert decoded < steps, (name, decoded, steps)
+
+
+def test_token_text_sees_what_a_token_adds():
+    """The texts a token adds: alone and after the context; None for a piece of a UTF-8 character; nothing
+    for EOS (cut) or a special token (skipped). `can_end_in`: a stop string ending inside the added text."""
+    from model_adapters.stop_strings import CONTEXT, TokenText, can_end_in
+
+    tok = _byte_level_tokenizer()
+    decode = lambda ids: tok.decode(ids[:ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids,  # noqa: E731
+                                    skip_special_tokens=True)
+    text = TokenText(decode, tok.encode(CONTEXT, add_special_tokens=False))
+    (first_byte_of_o_umlaut,) = [i for t, i in tok.get_vocab().items() if t == "Ã"]  # "ö" is C3 B6
+    assert text.texts(first_byte_of_o_umlaut) is None
+    assert text.texts(tok.eos_token_id) == ("",)
+    (space_q,) = [i for t, i in tok.get_vocab().items() if t == "ĠQ"]
+    assert set(text.texts(space_q)) == {" Q"}
+    assert can_end_in("Q:", "Q") is False and can_end_in("Q:", ":") and can_end_in("Q:", " Q:")
+    assert can_end_in("\n\n", "\nder") and not can_end_in("\n\n", "der\n\u00e9")  # that "\n" follows "r"
+    assert can_end_in("ab", "xaby") and can_end_in("ab", "bx")  # "a" before it
+    assert not can_end_in("ab", "xa") and not can_end_in("ab", "")

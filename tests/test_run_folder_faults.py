@@ -380,7 +380,7 @@ def test_resume_with_another_config_names_the_differing_keys(finished, tmp_path,
                           "--output", run, "--resume")
     assert rc == 1
     assert lines == [f"fmtspec train: --resume: the config differs from the one {run} was started with: "
-                     "seed (was 0, now 3), model_training.lr (was 0.001, now 0.5)"]
+                     "seed (was 0, now 3), model_training.lr (was 0.001, now 0.5), data.seed (was 0, now 3)"]
     assert (run / "config.json").read_text() == (source / "config.json").read_text()
 
 

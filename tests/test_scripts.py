@@ -51,7 +51,8 @@ TRAIN_ARGS = [CONFIG, "--set", "model_training.steps=200", "--set", "tasks=[fmts
 
 
 def test_single_node_dry_run_passes_everything_to_fmtspec_train():
-    proc = run("train_single_node.sh", "--num_gpus", "8", "--master_port", "29611", "--dry_run", *TRAIN_ARGS)
+    proc = run("train_single_node.sh", "--num_gpus", "8", "--master_port", "29611", "--dry_run", *TRAIN_ARGS,
+               env={"CUDA_VISIBLE_DEVICES": ""})  # none listed: --num_gpus (tests/test_experiment_gpus.py: listed)
     assert proc.returncode == 0, proc.stderr
     assert shlex.split(proc.stdout) == ["deepspeed", "--num_gpus", "8", "--master_port", "29611", "--no_local_rank",
                                         "--module", "fmtspec", "train", *TRAIN_ARGS]

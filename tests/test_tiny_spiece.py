@@ -176,17 +176,19 @@ def test_trained_run_folder_is_scored_as_the_trainer_validated_it(spiece, data_e
                  "--set", "eval.batch_size=1", "--output", str(run)]) == 0  # `fmtspec train`, in this process
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["sentinel"] is True and (run / "soft_prompt").is_dir() and (run / "model").is_dir()
+    chosen = run / "checkpoints" / f"step-{manifest['checkpoint']['step']}" / "val_predictions.jsonl"
+    ours = [json.loads(line) for line in chosen.read_text().splitlines()]
+    assert len(ours) == 4  # eval.limit 4 of the 8 rows, a sample by data.seed; "doc": lm-eval's doc_id
     out = tmp_path / "eval"
     proc = _lm_eval("--model", "promot_hf", "--model_args", f"pretrained={run}", "--tasks", "fmtspec_rte",
-                    "--limit", "4", "--output_path", str(out), "--log_samples")
+                    "--samples", json.dumps({"fmtspec_rte": [row["doc"] for row in ours]}),
+                    "--output_path", str(out), "--log_samples")
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
     assert "acc,none" in results["results"]["fmtspec_rte"]
     samples = [json.loads(line) for line in next(out.rglob("samples_fmtspec_rte_*.jsonl")).read_text().splitlines()]
     generated = {s["doc_id"]: s["resps"][0][0] for s in samples}
-    chosen = run / "checkpoints" / f"step-{manifest['checkpoint']['step']}" / "val_predictions.jsonl"
-    ours = [json.loads(line) for line in chosen.read_text().splitlines()]
-    assert len(ours) == len(generated) == 4
+    assert sorted(generated) == sorted(row["doc"] for row in ours)
     for row in ours:  # lm-eval cuts at the task's stop string; the trainer scores the raw text
         assert generated[row["doc"]] == row["prediction"].split("\n\n")[0]
 

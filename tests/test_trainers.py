@@ -584,17 +584,20 @@ def test_lm_eval_promot_hf_evaluates_a_run_folder_as_the_trainer_validated_it(na
     m = manifest(run)
     env = {**os.environ, "FMTSPEC_DATA_DIR": str(FIXTURES), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    chosen = run / "checkpoints" / f"step-{m['checkpoint']['step']}" / "val_predictions.jsonl"
+    ours = [json.loads(line) for line in chosen.read_text().splitlines()]
+    # the trainer validated eval.limit 4 of the 8 rows, a sample by data.seed; "doc" is lm-eval's doc_id
+    assert len(ours) == 4
     out = tmp_path / "eval"
     proc = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", "promot_hf", "--model_args",
-                           f"pretrained={run}", "--tasks", "fmtspec_rte", "--limit", "4", "--output_path", str(out),
+                           f"pretrained={run}", "--tasks", "fmtspec_rte", "--output_path", str(out),
+                           "--samples", json.dumps({"fmtspec_rte": [row["doc"] for row in ours]}),
                            "--log_samples"], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
     assert "acc,none" in results["results"]["fmtspec_rte"]
     samples = [json.loads(line) for line in next(out.rglob("samples_fmtspec_rte_*.jsonl")).read_text().splitlines()]
     generated = {s["doc_id"]: s["resps"][0][0] for s in samples}
-    chosen = run / "checkpoints" / f"step-{m['checkpoint']['step']}" / "val_predictions.jsonl"
-    ours = [json.loads(line) for line in chosen.read_text().splitlines()]
-    assert len(ours) == len(generated) == 4
+    assert sorted(generated) == sorted(row["doc"] for row in ours)
     for row in ours:  # lm-eval cuts at the task's stop string; the trainer scores the raw text
         assert generated[row["doc"]] == row["prediction"].split("\n\n")[0]

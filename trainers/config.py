@@ -115,7 +115,11 @@ SCHEMA: dict = {
     },
     "batch_size": Field(int, 64, nullable=False, min=1),
     "micro_batch_size": Field(int, None, min=1, help="per forward pass; default batch_size (no accumulation)"),
-    "optimizer": Field(str, "adafactor", ("adafactor", "adamw")),
+    "optimizer": Field(str, "adafactor", ("adafactor", "adafactor_t5x", "adamw"),
+                       help="adafactor_t5x: T5X's Adafactor (the paper's; configs/promot set it): steps scaled by "
+                            "the weight's RMS, factored >= 128x128, prompts unscaled with weight decay 1e-5, "
+                            "weight_decay = T5X's per-step rate (trainers/optim.py); adafactor: Hugging Face's, "
+                            "fixed lr, no parameter scaling; adamw: torch's"),
     "weight_decay": Field(float, 0.0, nullable=False, min=0),
     "lr_scheduler": Field(str, "constant", ("constant", "linear")),
     "warmup_steps": Field(int, 0, nullable=False, min=0),
@@ -127,11 +131,16 @@ SCHEMA: dict = {
     "max_target_length": Field(int, 256, nullable=False, min=1),
     "data": {
         "split": Field(str, "train"),
-        "limit": Field(int, None, min=1, help="use the first N examples of each task (null: all)"),
+        "limit": Field(int, None, min=1, help="train on a random sample of N examples of each task's split, "
+                                              "drawn from the whole split by data.seed (never its first N; "
+                                              "null: all)"),
+        "seed": Field(int, None, min=0, help="seed of the data.limit and eval.limit samples (null: the run's "
+                                             "seed, written into the recorded config)"),
     },
     "eval": {
         "split": Field(str, "validation"),
-        "limit": Field(int, 200, min=1, help="validation examples per task (null: all)"),
+        "limit": Field(int, 200, min=1, help="validation examples per task: a random sample of the split by "
+                                             "data.seed, 0-shot (null: all)"),
         "max_new_tokens": Field(int, 64, nullable=False, min=1),
         "batch_size": Field(int, 16, nullable=False, min=1),
         "num_beams": Field(int, 1, nullable=False, min=1,
@@ -143,7 +152,22 @@ SCHEMA: dict = {
         "precision": Field(str, "auto", ("auto", "bf16", "fp32"), help="auto: bf16 on GPU, fp32 on CPU"),
     },
     "log_every": Field(int, 10, nullable=False, min=1, help="log loss, lr and tokens/s every K steps"),
-    "keep_checkpoints": Field(int, None, min=0, help="keep the chosen and the N newest checkpoints (null: all)"),
+    "logging": {  # metrics.jsonl's records to TensorBoard / Weights & Biases too (trainers/run_logs.py); both off
+        "tensorboard": Field((bool, str), False, help="true: event files in RUN_DIR/tensorboard; a folder: relative "
+                                                      "to the run folder, or absolute"),
+        "wandb": {  # on when `project` is set
+            "project": Field(str, None, help="the W&B project: switches W&B on"),
+            "entity": Field(str, None, help="W&B team or user (null: your default)"),
+            "mode": Field(str, None, ("online", "offline", "disabled"), help="null: W&B's (WANDB_MODE, else online)"),
+            "name": Field(str, None, help="the W&B run's name (null: the run folder's name)"),
+            "group": Field(str, None, help="W&B group (fmtspec experiment: the experiment's name)"),
+        },
+    },
+    "keep_checkpoints": Field((int, str), "auto", min=0,
+                              help="each stage keeps its chosen checkpoint(s) and its N newest, the newest always "
+                                   "(resume starts there); null: all; auto: 1 in a stage that trains the model's "
+                                   "weights when it has at least 2B parameters (T5/mT5 XL, XXL), else all. The "
+                                   "paper configs set 1"),
     "preempt_checkpoint_s": Field(int, 300, nullable=False, min=0,
                                   help="on SIGTERM/SIGINT, write a checkpoint at the next step when more than this "
                                        "many seconds of training would be lost (no checkpoint yet: always; 0: never)"),
@@ -152,7 +176,7 @@ SCHEMA: dict = {
 # Keys that cannot change the weights a run trains (how a model is loaded, when an interrupted run saves):
 # left out of the pretrained bases' cache keys (trainers.pretrain.cache_key), so that adding one keeps the
 # shipped and cached bases valid. A new key that can change the weights does not belong here.
-NOT_IN_CACHE_KEY = ("trust_remote_code", "preempt_checkpoint_s")
+NOT_IN_CACHE_KEY = ("trust_remote_code", "preempt_checkpoint_s", "keep_checkpoints", "logging")
 
 # Seed 001 ("Can we teach a model twice?", section 3.2): mT5-small, Hugging Face Trainer defaults
 # (AdamW, linear decay, no label smoothing), batch 16; the task prefixes live in the task templates.
@@ -335,6 +359,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
         elif "epochs" in given and "steps" not in given:
             config[section]["steps"] = None
     _check(config, SCHEMA)
+    if config["data"]["seed"] is None:  # recorded resolved: run.json names the seed of the data samples
+        config["data"]["seed"] = config["seed"]
     config["tasks"] = normalize_tasks(config["tasks"])
     _check_consistency(config)
     _check_paths(config, model_prefixes)
@@ -345,6 +371,9 @@ def _check_consistency(config: dict) -> None:
     if config["stage1_from"] and (config["method"] != "promot" or config["stage1"] != "prompt"):
         raise FmtspecError("config key 'stage1_from' reuses a prompt-tuning run as ProMoT's stage 1: it needs "
                            "method: promot with stage1: prompt")
+    if isinstance(config["keep_checkpoints"], str) and config["keep_checkpoints"] != "auto":
+        raise FmtspecError(f"config key 'keep_checkpoints' is {config['keep_checkpoints']!r}; choose auto, null "
+                           "(all) or a number of newest checkpoints")
     if isinstance(config["sentinel"], str) and config["sentinel"] != "auto":
         raise FmtspecError(f"config key 'sentinel' is {config['sentinel']!r}; choose one of true, false, auto")
     if not config["model"] and not config["init_from"]:

@@ -24,14 +24,25 @@ class Feature:
     task: int  # index into the run's task list: selects the example's soft prompt
 
 
+def sample_seed(config: dict) -> int | None:
+    """The seed of a run's data.limit / eval.limit samples: `data.seed` (load_config resolves null to the run's
+    seed). A recorded config without the key is of a run from before sampling: it took the first N (None)."""
+    data = config["data"]
+    if "seed" not in data:
+        return None
+    return config["seed"] if data["seed"] is None else data["seed"]
+
+
 def render_examples(task: str, split: str, *, shots: int = 0, seed: int = 1234, limit: int | None = None,
-                    tokenizer=None):
+                    sample_seed: int | None = None, fewshot_split: str | None = None, tokenizer=None):
     """`harness_tasks.examples.render` for the run's model (`tokenizer`), with data problems turned into one
-    clear line."""
+    clear line. `limit` with `sample_seed`: a seeded random sample of the split (without: its first N);
+    `fewshot_split`: where demonstrations come from (default: the task's lm-eval few-shot split)."""
     from harness_tasks import examples
 
     try:
-        rendered = examples.render(task, split, shots=shots, seed=seed, limit=limit, tokenizer=tokenizer)
+        rendered = examples.render(task, split, shots=shots, seed=seed, limit=limit, sample_seed=sample_seed,
+                                   fewshot_split=fewshot_split, tokenizer=tokenizer)
     except FmtspecError:
         raise
     except KeyError as exc:

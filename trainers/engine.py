@@ -3,10 +3,11 @@
 The same code runs on a GPU cluster and on a CPU: DeepSpeed's engine in every case (bf16 on GPUs,
 since T5 diverges in fp16; fp32 on CPU), the ZeRO stage from `engine.deepspeed`.
 
-Adafactor under ZeRO >= 1: ZeRO hands the optimizer flat 1-D partitions instead of the weight matrices,
-so Adafactor cannot factor its second moments and silently becomes a different (unfactored, more
-memory-hungry) optimizer. We keep the run going but warn, and record it in the manifest; use ZeRO 0
-(data parallel) for the paper's optimizer, or `optimizer: adamw` with ZeRO >= 1.
+Adafactor under ZeRO >= 1: ZeRO hands the optimizer flat 1-D partitions instead of the weight matrices.
+`optimizer: adafactor_t5x` (the paper's, trainers/optim.py) is told where each weight sits in them and
+all-reduces its row/column statistics, so it stays T5X's factored rule at every ZeRO stage (a manifest note
+says so). Hugging Face's `optimizer: adafactor` cannot factor flat partitions and silently becomes a different
+(unfactored, more memory-hungry) optimizer: we keep the run going but warn, and record it in the manifest.
 
 Several processes (`deepspeed`, `torchrun`, srun; see scripts/): every process draws the same global batches
 and trains on its own slice, so N processes train exactly what one process does with the same global batch
@@ -42,6 +43,7 @@ import torch
 from fmtspec.errors import FmtspecError
 from trainers import run as rf
 from trainers.data import collate
+from trainers.run_logs import RunLogs
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
 # Used when configs/ is not beside the package (a wheel install): the same as configs/deepspeed/zeroN.json.
@@ -246,12 +248,124 @@ def deepspeed_config(config: dict, world_size: int = 1) -> dict:
     return ds
 
 
-def make_optimizer(params, config: dict, lr: float):
+# -- ZeRO-3: a partitioned model from the start -------------------------------------------------------------
+@contextmanager
+def partitioned_loading(config: dict):
+    """Under ZeRO-3, the models that `from_pretrained` loads inside the block come partitioned: no process builds
+    the whole model (without it each process loads all of it before deepspeed.initialize partitions it: mT5-XXL
+    on 8 GPUs, ~400 GB of host memory on the node). Yields the run's DeepSpeed config; below ZeRO-3 None, and the
+    block changes nothing.
+
+    transformers' DeepSpeed integration does the load: while an HfDeepSpeedConfig of a ZeRO-3 config is alive,
+    `from_pretrained` builds the model under `deepspeed.zero.Init` (each parameter partitioned as soon as its
+    module is built, in the config's dtype, on the device) and copies the checkpoint in one module at a time: rank
+    0 reads the file (memory-mapped: its pages are in rank 0's resident memory while it loads), the module's
+    parameters are gathered, filled on rank 0 and partitioned again (the other processes read only names and
+    shapes). The weights are bit for bit those of a plain load (tests/test_zero3_load.py); in bf16 they are
+    rounded at the load instead of at deepspeed.initialize, to the same values. Models built by a constructor
+    (`mini:` scratch models) are not partitioned by it: `partition_rest` does that.
+
+    The HfDeepSpeedConfig lives for the block only: transformers consults it elsewhere as well (`generate` would
+    synchronise every process at each new token), and the engine already runs ZeRO-3 validation in lockstep."""
+    ds = deepspeed_config(config, world_size())
+    if ds.get("zero_optimization", {}).get("stage", 0) != 3:
+        yield None
+        return
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(ds)  # noqa: F841 (transformers holds a weak reference: this keeps it alive)
+    try:
+        yield ds
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def zero3_dtype(ds_config: dict) -> torch.dtype:
+    """The dtype of ZeRO-3 parameters under `ds_config` (as zero.Init and deepspeed.initialize choose it)."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.half
+    return torch.float32
+
+
+def partition_rest(module, ds_config: dict) -> None:
+    """Partition, ZeRO-3 style, the parameters of `module` that are not yet: the soft prompts and LoRA layers
+    added on top of a partitioned model, or all of a scratch model (built whole by its constructor: the
+    miniature world's, small by design), in the dtype of ZeRO-3 parameters.
+
+    deepspeed.initialize would partition them too, but of a model that already has partitioned parameters
+    (zero.Init) it casts none to bf16: an fp32 prompt beside a bf16 model. Cast here as it casts a plain model's,
+    the values are those of the run without a partitioned load."""
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import is_zero_param
+
+    params = list(module.parameters())
+    rest = [p for p in params if not is_zero_param(p)]
+    if not rest:
+        return
+    dtype = zero3_dtype(ds_config)
+    for p in rest:
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    partitioned = [p for p in params if is_zero_param(p)]
+    if partitioned:  # partitioned by the zero.Init of the model's load, in the same process group
+        partitioned[0].convert_to_zero_parameters(param_list=rest)
+    else:
+        deepspeed.zero.Init(module=module, config_dict_or_path=ds_config)
+
+
+def zero3_buckets(ds_config: dict, model) -> dict:
+    """ZeRO-3's bucket sizes, where the config does not set them, from the model's hidden size h as Hugging
+    Face's Trainer fills its `auto` values: reduce_bucket_size h^2, stage3_prefetch_bucket_size 0.9 h^2,
+    stage3_param_persistence_threshold 10 h. DeepSpeed's own defaults (5e8, 5e7, 1e5 elements) are sized for
+    no model: a 5e8-element reduce bucket holds every gradient of a model of up to 500M parameters whole, in
+    every process (2 GB in fp32), before it is reduced. They change no value: the reductions are elementwise."""
+    zero = ds_config.get("zero_optimization", {})
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if zero.get("stage", 0) != 3 or not isinstance(hidden, int):
+        return ds_config
+    zero.setdefault("reduce_bucket_size", hidden * hidden)
+    zero.setdefault("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+    zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
+    return ds_config
+
+
+class _GatheringState(dict):
+    """A state dict (of `state_dict(keep_vars=True)`) whose ZeRO-3 tensors are read whole, one at a time."""
+
+    def __getitem__(self, name):
+        t = super().__getitem__(name)
+        if not hasattr(t, "ds_id"):
+            return t
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t]):
+            return t.detach().clone()
+
+
+def state_digest(model) -> str:
+    """`rf.weights_digest` of the model's state dict. Of a ZeRO-3 model, each partitioned tensor is gathered
+    alone while it is hashed (a collective: every process calls this, and all gather in name order), so that
+    no process holds more than one whole tensor beyond its slices."""
+    state = model.state_dict(keep_vars=True)
+    if not any(hasattr(t, "ds_id") for t in state.values()):
+        return rf.weights_digest(model.state_dict())
+    return rf.weights_digest(_GatheringState(state))
+
+
+def make_optimizer(params, config: dict, lr: float, module=None):
+    """`module`: the PromptedModel, whose parameter names tell adafactor_t5x's prompt group from the model's."""
     if config["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config["weight_decay"])
+    if config["optimizer"] == "adafactor_t5x":  # the paper's: T5X's Adafactor, prompt-tuning's for prompts
+        from trainers import optim
+
+        return optim.build(params, config, lr, module)  # held until optim.attach, after deepspeed.initialize
     from transformers.optimization import Adafactor
 
-    # The paper's (T5X) Adafactor: a fixed learning rate, no relative step, no parameter scaling.
+    # Hugging Face's Adafactor at a fixed learning rate, without relative step or parameter scaling: NOT T5X's
+    # (which scales each step by the weight's RMS and factors only matrices >= 128 x 128); see trainers/optim.py.
     return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False,
                      weight_decay=config["weight_decay"])
 
@@ -320,8 +434,12 @@ class Trainer:
         self.notes: list[str] = []
         self.stages_done: list[dict] = []  # results of finished stages (stored in checkpoints for --resume)
         self.metrics_path = self.run_dir / rf.METRICS
+        # TensorBoard / W&B (config `logging`): checked in every process, written by rank 0 (trainers/run_logs.py)
+        self.run_logs = RunLogs(config, self.run_dir, write=is_main())
         self.last_predictions: list | None = None  # of the last validation: written beside its checkpoint
-        self.zero3 = False  # ZeRO-3 partitions every parameter: gather them to read or write whole weights
+        # ZeRO-3 partitions every parameter (from the load on: partitioned_loading; or once deepspeed.initialize
+        # has run): gather them to read or write whole weights
+        self.zero3 = any(hasattr(p, "ds_id") for p in module.parameters())
 
     def gathered(self, modify: bool = False):
         """Whole parameters inside the block (a no-op below ZeRO-3); `modify`: writes are re-partitioned."""
@@ -358,9 +476,9 @@ class Trainer:
         params = self.set_trainable(stage.trains)
         if not params:
             raise FmtspecError(f"stage {stage.number} has nothing to train ({', '.join(stage.trains)})")
-        optimizer = make_optimizer(params, config, stage.lr)
+        optimizer = make_optimizer(params, config, stage.lr, self.module)
         scheduler = make_scheduler(optimizer, config, stage.steps)
-        ds_config = deepspeed_config(config, world_size())
+        ds_config = zero3_buckets(deepspeed_config(config, world_size()), self.module.model)
         zero = ds_config.get("zero_optimization", {}).get("stage", 0)
         if zero >= 1 and config["optimizer"] == "adafactor":
             note = (f"ZeRO stage {zero} gives Adafactor flat partitions: its second moments are not factored "
@@ -371,6 +489,12 @@ class Trainer:
         engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
         self.client_optimizer = optimizer  # engine.optimizer is it, or a ZeRO/bf16 wrapper around it
+        if config["optimizer"] == "adafactor_t5x":  # where each weight sits in DeepSpeed's flat partitions
+            from trainers import optim
+
+            note = optim.attach(engine.optimizer, optimizer)
+            if note and note not in self.notes:
+                self.notes.append(note)
         if engine.optimizer is optimizer and world_size() == 1:
             engine.enable_backward_allreduce = False  # a plain optimizer in one process: nothing to average
         self.zero3 = engine.zero_optimization_stage() == 3
@@ -384,6 +508,9 @@ class Trainer:
         _signals.deferred = True
         try:
             self._steps(stage, engine, result, first, start_step, bar)
+        except BaseException:  # nan loss, a signal, a failed write: the run ends here
+            self.close(failed=True)
+            raise
         finally:
             _signals.deferred = False
         bar.close()
@@ -465,6 +592,11 @@ class Trainer:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.run_logs.log(record)  # the same record to TensorBoard / W&B, when configured
+
+    def close(self, failed: bool = False) -> None:
+        """The end of the run: flush and end its TensorBoard and W&B writers."""
+        self.run_logs.close(failed)
 
     # -- validation ------------------------------------------------------------------------------------
     def evaluate(self) -> Evaluation:
@@ -493,8 +625,9 @@ class Trainer:
             done = {i: p for part in (all_gather(mine) if shards > 1 else [mine]) for i, p in part.items()}
             predictions = [p for i in starts for p in done[i]]
             scores = examples.score(task["name"], predictions, [e.doc for e in exs])
-            self.last_predictions += [{"task": task["name"], "doc": i, "prediction": p}
-                                      for i, p in enumerate(predictions)]
+            # doc: the row of the split (lm-eval's doc_id), also when eval.limit sampled the rows
+            self.last_predictions += [{"task": task["name"], "doc": i if e.row is None else e.row, "prediction": p}
+                                      for i, (e, p) in enumerate(zip(exs, predictions))]
             primary = examples.primary_metric(task["name"])
             info, _ = catalog.parse_task_name(task["name"])
             task_scores[task["name"]] = float(scores[primary]) * info.scale
@@ -599,31 +732,63 @@ class Trainer:
                 for f in staging.iterdir():
                     os.replace(f, tmp / f.name)
                 staging.rmdir()
+            if self.last_predictions is not None:
+                (tmp / rf.PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in self.last_predictions))
+            # what it costs on disk (every file but this record), by part: model/, prompts, optimizer files
+            parts = {p.name: disk_bytes(p) for p in sorted(tmp.iterdir())}
             state = {"step": self.step, "stage": stage.number, "stage_step": local, "trains": list(stage.trains),
                      "sampler": self.sampler.state_dict(), "torch_rng": rngs[0]["cpu"], "world_size": len(rngs),
                      "rng": rngs, "optimizer_saved": True,
                      "optimizer_partitions": 0 if staging is None else len(rngs), "stages_done": self.stages_done,
-                     "evaluations": [e.__dict__ for e in result.evaluations]}
+                     "evaluations": [e.__dict__ for e in result.evaluations],
+                     "size_bytes": sum(parts.values()), "size_bytes_by_part": parts,
+                     "keep_checkpoints": self._keep_checkpoints(stage.trains)}
             (tmp / rf.TRAINER_STATE).write_text(json.dumps(state))
-            if self.last_predictions is not None:
-                (tmp / rf.PREDICTIONS).write_text("".join(json.dumps(p) + "\n" for p in self.last_predictions))
-        self._prune(result)
+        self._prune(stage, local, result)
 
-    def _prune(self, result: StageResult) -> None:
-        """Keep the newest `keep_checkpoints`, the best of this stage and the chosen ones of finished stages."""
+    def _keep_checkpoints(self, trains) -> int | None:
+        """How many of its newest checkpoints a stage training `trains` keeps (None: all): `keep_checkpoints`,
+        whose `auto` is 1 for a stage that trains the model's weights when the model has at least
+        AUTO_KEEP_MIN_PARAMETERS (a ZeRO-3 mT5-XXL checkpoint is 78-130 GB, README), else all."""
         keep = self.config["keep_checkpoints"]
-        if keep is None:
-            return
-        protected = {self.step}
-        if result.evaluations:
-            protected.add(max(result.evaluations, key=lambda e: e.score).step)
+        if keep != "auto":
+            return keep
+        if "model" not in trains:
+            return None
+        # ZeRO-3 leaves each process an empty slice of a parameter; ds_numel is its whole size
+        size = sum(getattr(p, "ds_numel", p.numel()) for p in self.module.model.parameters())
+        return 1 if size >= AUTO_KEEP_MIN_PARAMETERS else None
+
+    def _prune(self, stage: Stage, local: int, result: StageResult) -> None:
+        """While a stage trains it keeps its best checkpoint(s) so far and its N newest (`_keep_checkpoints`);
+        once the next stage has written one, a finished stage keeps only its chosen ones (a stage whose N is
+        None keeps all). Never removed: the newest (resume starts there) and every checkpoint `choose` or a
+        later stage reads (the best of this stage, each task's best for a multi-task prompt, the chosen of
+        finished stages)."""
+        steps = rf.checkpoint_steps(self.run_dir)
+        first = self.step - local  # the step before this stage's first
+        protected, remove = {self.step}, []
+        evals = result.evaluations
+        if evals:
+            protected.add(max(evals, key=lambda e: e.score).step)  # as `choose`: the first of equals
+            if stage.trains == ("prompt",) and len(self.tasks) > 1:
+                protected.update(max(evals, key=lambda e: e.task_scores[t["name"]]).step for t in self.tasks)
+        keep = self._keep_checkpoints(stage.trains)
+        if keep is not None:
+            ours = [s for s in steps if s > first]
+            remove += ours[:-keep] if keep else ours
+        start = 0
         for done in self.stages_done:
+            if "from" in done:  # a stage reused from another run (stage1_from): its checkpoints are there
+                continue
             protected.add(done["chosen"]["step"])
             protected.update(t["step"] for t in done["chosen"].get("per_task", {}).values())
-        steps = rf.checkpoint_steps(self.run_dir)
-        for step in steps[:-keep] if keep else steps:
-            if step not in protected:
-                rf.remove_folder(rf.checkpoint_dir(self.run_dir, step))
+            end = start + done["steps"]
+            if self._keep_checkpoints(tuple(done["trains"])) is not None:
+                remove += [s for s in steps if start < s <= end]
+            start = end
+        for step in sorted(set(remove) - protected):
+            rf.remove_folder(rf.checkpoint_dir(self.run_dir, step))
 
     def _restore(self, engine, state: dict, result: StageResult) -> int:
         """Load the optimizer, scheduler, data position and RNG of a checkpoint; return its stage step."""
@@ -721,6 +886,16 @@ class Trainer:
 
 
 PEFT_PREFIX = "base_model.model."
+# keep_checkpoints: auto keeps 1 (and the chosen) in model stages from this size on: T5/mT5 XL (3B, 3.7B), XXL
+AUTO_KEEP_MIN_PARAMETERS = 2_000_000_000
+
+
+def disk_bytes(path: Path) -> int:
+    """The bytes of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def save_lora(folder: Path, model, *, base_model: str) -> None:

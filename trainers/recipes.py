@@ -17,8 +17,8 @@ from pathlib import Path
 from fmtspec.errors import FmtspecError
 from trainers import run as rf
 from trainers.config import config_hash, is_scratch
-from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, single_process_env,
-                             steps_for, stop_on_signals)
+from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, partition_rest,
+                             partitioned_loading, single_process_env, state_digest, steps_for, stop_on_signals)
 
 PROMPT_METHODS = ("prompt_tuning", "promot", "joint", "random_prompt")
 
@@ -87,19 +87,22 @@ def load_model(path: str, dropout: float | None, *, trust_remote_code: bool = Fa
 
 
 def training_examples(task: str, config: dict, t: int, tokenizer=None) -> list:
-    """The task's training examples for the model of `tokenizer`; with `shots`, a `shots_share` of them (a
-    fixed draw per example, by seed and task) carry their demonstrations, the others are 0-shot."""
+    """The task's training examples for the model of `tokenizer`: with `data.limit`, a random sample of the
+    training split by `data.seed`; with `shots`, a `shots_share` of them (a fixed draw per example, by seed and
+    task) carry demonstrations drawn from the training split itself (never from the validation split the
+    checkpoints are chosen on, whatever the task's lm-eval few-shot split), the others are 0-shot."""
     import torch
 
-    from trainers.data import render_examples
+    from trainers.data import render_examples, sample_seed
 
     split, seed, limit = config["data"]["split"], config["seed"], config["data"]["limit"]
+    sample = {"limit": limit, "sample_seed": sample_seed(config), "tokenizer": tokenizer}
     share = config["shots_share"] if config["shots"] else 0.0
-    shot = render_examples(task, split, shots=config["shots"], seed=seed, limit=limit,
-                           tokenizer=tokenizer) if share > 0 else None
+    shot = render_examples(task, split, shots=config["shots"], seed=seed, fewshot_split=split,
+                           **sample) if share > 0 else None
     if share == 1.0:
         return shot
-    plain = render_examples(task, split, seed=seed, limit=limit, tokenizer=tokenizer)
+    plain = render_examples(task, split, seed=seed, **sample)
     if shot is None:
         return plain
     draws = torch.rand(len(plain), generator=torch.Generator().manual_seed(seed * 1000003 + t)).tolist()
@@ -109,18 +112,19 @@ def training_examples(task: str, config: dict, t: int, tokenizer=None) -> list:
 def build_trainer(config: dict, run_dir: Path, start_model: str):
     import torch
 
-    from trainers.data import Encoder, MixtureSampler, render_examples, uses_sentinel
+    from trainers.data import Encoder, MixtureSampler, render_examples, sample_seed, uses_sentinel
     from trainers.soft_prompt_model import PromptedModel, init_prompt
 
     torch.manual_seed(config["seed"])
-    if is_scratch(start_model):
-        from trainers.pretrain import build_scratch
+    with partitioned_loading(config) as zero3:  # ZeRO-3: every process loads only its slice of the weights
+        if is_scratch(start_model):
+            from trainers.pretrain import build_scratch
 
-        model, tokenizer, encoder_decoder = build_scratch(config)
-    else:
-        model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"],
-                                                       trust_remote_code=config["trust_remote_code"])
-    start_digest = rf.weights_digest(model.state_dict())
+            model, tokenizer, encoder_decoder = build_scratch(config)
+        else:
+            model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"],
+                                                           trust_remote_code=config["trust_remote_code"])
+    start_digest = state_digest(model)  # ZeRO-3: gathered one tensor at a time
     tasks = config["tasks"]
     sentinel = uses_sentinel(config["sentinel"], tokenizer, encoder_decoder)
     encoder = Encoder(tokenizer, encoder_decoder=encoder_decoder, sentinel=sentinel,
@@ -129,8 +133,9 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
     train_sets, val_sets = [], []
     for t, task in enumerate(tasks):
         train_sets.append(training_examples(task["name"], config, t, tokenizer))
+        # 0-shot: no demonstration, from any split, in what the checkpoints are chosen on
         val_sets.append(render_examples(task["name"], config["eval"]["split"], limit=config["eval"]["limit"],
-                                        tokenizer=tokenizer))
+                                        sample_seed=sample_seed(config), tokenizer=tokenizer))
 
     def lazy(t):
         cache = {}
@@ -161,6 +166,9 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
                    for t in range(len(tasks))]
     module = PromptedModel(model, prompts, encoder_decoder=encoder_decoder,
                            label_smoothing=config["label_smoothing"])
+    if zero3 is not None:  # the prompts or LoRA layers (or a scratch model) partitioned like the loaded weights
+        partition_rest(module, zero3)
+        module.register_zero3_prompts()
     sampler = MixtureSampler([len(s) for s in train_sets], [t["weight"] for t in tasks], config["seed"])
     trainer = Trainer(config=config, run_dir=run_dir, module=module, tokenizer=tokenizer, tasks=tasks,
                       features=[lazy(t) for t in range(len(tasks))], encoder=encoder, val_examples=val_sets,
@@ -273,6 +281,7 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
                         "lr": stage.lr, "chosen": result.chosen})
         trainer.stages_done = results
     finish(trainer, config, run_dir, stages, results, start_model, parent, chain)
+    trainer.close()  # its TensorBoard and W&B writers (config `logging`)
 
 
 def check_stage1_source(config: dict, start_model: str) -> None:

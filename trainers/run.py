@@ -268,7 +268,9 @@ def never_started(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     if checkpoint_steps(run_dir):
         return False
-    startup = {LOCK_FILE, CONFIG_FILE, METRICS, CHECKPOINTS}
+    from trainers.run_logs import startup_names
+
+    startup = {LOCK_FILE, CONFIG_FILE, METRICS, CHECKPOINTS} | startup_names(run_dir)  # + tensorboard/, wandb.json
     return all(p.name in startup or p.name.startswith((TMP, TRASH)) for p in run_dir.iterdir())
 
 

@@ -25,6 +25,15 @@ class PromptedModel(nn.Module):
     def has_prompts(self) -> bool:
         return len(self.prompts) > 0
 
+    def register_zero3_prompts(self) -> None:
+        """Under ZeRO-3 the prompts are partitioned like the model's weights (engine.partition_rest). They sit
+        in a ParameterList, whose forward never runs: tell ZeRO-3 that this module's forward uses them, so that
+        they are gathered before it and released after it like a module's own parameters."""
+        import deepspeed
+
+        for p in self.prompts:
+            deepspeed.zero.register_external_parameter(self, p)
+
     def embed(self, input_ids, attention_mask, task):
         """Input embeddings and mask with each example's prompt in front (or plain ones without prompts)."""
         embeds = self.model.get_input_embeddings()(input_ids)
