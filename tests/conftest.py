@@ -33,3 +33,11 @@ def offline_data(monkeypatch) -> Path:
     """Point every fmtspec task at the bundled fixture files."""
     monkeypatch.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
     return FIXTURES
+
+
+@pytest.fixture(scope="module")
+def data_env():
+    """`offline_data` for a whole test module (module-scoped fixtures that train need it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
+        yield

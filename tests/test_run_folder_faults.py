@@ -28,13 +28,6 @@ def env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def data_env():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
-        yield
-
-
-@pytest.fixture(scope="module")
 def finished(tiny_models, data_env, tmp_path_factory):
     """(overrides, run folder) of one finished tiny joint run: model/ and soft_prompt/, trained once."""
     from trainers.config import load_config

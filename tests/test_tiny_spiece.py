@@ -30,13 +30,6 @@ def tokenizer(spiece):
     return AutoTokenizer.from_pretrained(spiece)
 
 
-@pytest.fixture(scope="module")
-def data_env():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
-        yield
-
-
 def sp_size(folder) -> int:
     import sentencepiece as spm
 

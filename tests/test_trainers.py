@@ -18,13 +18,6 @@ TINY = REPO / "configs" / "tiny"
 
 
 @pytest.fixture(scope="module")
-def data_env():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
-        yield
-
-
-@pytest.fixture(scope="module")
 def train_tiny(tiny_models, data_env, tmp_path_factory):
     """train_tiny(config_name, *overrides, kind="mt5") -> run folder (each distinct run trained once)."""
     from trainers.config import load_config
