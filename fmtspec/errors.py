@@ -1,10 +1,11 @@
 """fmtspec's one error type, and the hook that prints it as one line where no fmtspec command catches it.
 
 The `fmtspec` command catches `FmtspecError` itself. The stock `lm_eval` command lets exceptions from model
-creation and task loading escape to `sys.excepthook`: importing `model_adapters.promot_hf` or the fmtspec
-tasks' lm-eval hooks (`harness_tasks.lm_eval_hooks`) installs `install_excepthook()`, which prints an
-escaping `FmtspecError` as `<where>: <message>` (exit status 1) and leaves every other exception to the
-previous hook (a traceback).
+creation and task loading escape to `sys.excepthook`. Importing fmtspec changes no hook: `install_excepthook()`
+runs where the `lm_eval` command first reaches fmtspec's code, at the start of `PromotHFLM.__init__`
+(`--model promot_hf`) and in the `load` function of every fmtspec task (`harness_tasks.lm_eval_hooks`, the
+first one lm-eval calls, whatever the model). From then on an escaping `FmtspecError` prints as
+`<where>: <message>` (exit status 1), and every other exception goes to the previous hook (a traceback).
 """
 
 from __future__ import annotations

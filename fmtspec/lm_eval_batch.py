@@ -5,7 +5,8 @@ JOBS.json is a list of argument lists, each exactly what follows `lm_eval` on a 
 Each job goes through lm-eval's own command-line parser and `run` command, so its results file, printed
 tables and errors are the command's. What the batch saves is the start-up every `lm_eval` process pays
 (imports, and indexing the few thousand task YAMLs, ~10 s on a laptop core): the task index is built once per
-set of task folders and reused, the tasks themselves are loaded fresh by each job.
+set of task folders and reused, the tasks themselves are loaded fresh by each job. That index is lm-eval's
+private `TaskIndex.build`: where a later lm-eval moves or changes it, each job indexes again, as `lm_eval` does.
 
 After each job it prints one line `fmtspec-batch: job N done`, which `fmtspec experiment` reads to know
 what finished when a later job fails. Under `accelerate launch` (data-parallel, one process per GPU) every
@@ -14,19 +15,37 @@ process runs every job and only the main one (RANK 0) prints these lines.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 DONE = "fmtspec-batch: job {} done"
+_BUILD_PARAMETERS = [("paths", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                     ("resolve_includes", inspect.Parameter.KEYWORD_ONLY)]
+
+log = logging.getLogger(__name__)
 
 
 def _reuse_task_index() -> None:
-    """Memoize lm-eval's TaskIndex.build (a pure walk over YAML folders) for the life of this process."""
-    from lm_eval.tasks import _index
+    """Memoize lm-eval's TaskIndex.build (a pure walk over YAML folders) for the life of this process.
 
-    build = _index.TaskIndex.build
+    It is private to lm-eval: where it is missing or takes other arguments than 0.4.13's
+    `build(paths, *, resolve_includes=True)`, nothing is memoized and each job indexes again (slower, same
+    results)."""
+    try:
+        from lm_eval.tasks import _index
+
+        build = _index.TaskIndex.build
+        parameters = [(p.name, p.kind) for p in inspect.signature(build).parameters.values()]
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        log.debug("fmtspec-batch: lm-eval's task index is not reused (%r)", exc)
+        return
+    if parameters != _BUILD_PARAMETERS:
+        log.debug("fmtspec-batch: lm-eval's task index is not reused (TaskIndex.build%s)", inspect.signature(build))
+        return
     built: dict = {}
 
     def cached_build(paths, *, resolve_includes=True):

@@ -2,7 +2,8 @@
 `bind(<key>)` call, so templates, loading and metrics live once, in formats.py, data.py and metrics.py.
 
 lm-eval imports this module when it loads an fmtspec task, whatever the model (`--model hf` never imports
-promot_hf): it installs fmtspec's one-line hook, so a data error (a record without a field its task reads,
+promot_hf). `load`, the first function of a task lm-eval calls (its custom_dataset, before any doc_to_* or
+process_results), installs fmtspec's one-line hook, so a data error (a record without a field its task reads,
 a file that is not UTF-8) ends the `lm_eval` command with one line, not a traceback."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from harness_tasks.formats import FORMATS, SUMMARY_MAX_TOKENS, cut_articles
 from harness_tasks.metrics import process_results
 
 log = logging.getLogger(__name__)
-install_excepthook()
 
 
 def bind(key: str):
@@ -25,6 +25,7 @@ def bind(key: str):
     fmt = FORMATS[key]
 
     def load(**metadata):  # lm-eval passes --model_args and --metadata here (and dataset_kwargs)
+        install_excepthook()
         docs = load_dataset_dict(key)
         if fmt.article is None:
             return docs

@@ -77,6 +77,9 @@ class PromotHFLM(HFLM):
 
     @raised_in("promot_hf")
     def __init__(self, pretrained=None, soft_prompt=None, prompt="auto", prompt_tasks=None, sentinel=None, **kwargs):
+        # `lm_eval` lets exceptions from model creation escape (lm-eval's create_from_arg_string only parses
+        # --model_args and calls this): ours print as one line (exit status 1)
+        install_excepthook()
         _check_pretrained(pretrained, pretrained)
         self._prompt_mode = _parse_mode(prompt)
         sentinel = None if sentinel in (None, "") else _parse_bool(sentinel, "sentinel")
@@ -719,6 +722,3 @@ def _tasks_of_prompt_in_run(folder: str) -> list[str]:
             return [task for task, where in prompts.items() if where.resolve() == path]
     return []
 
-
-# The `lm_eval` CLI lets exceptions from model creation escape: ours print as one line (exit status 1).
-install_excepthook()

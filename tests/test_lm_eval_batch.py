@@ -1,16 +1,20 @@
 """fmtspec.lm_eval_batch: several stock `lm_eval` command lines in one process give the results files the
 command gives one by one, and `fmtspec experiment` reads each job's log and failure from the batch."""
 
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from fmtspec.errors import FmtspecError
+from fmtspec.lm_eval_batch import DONE, _reuse_task_index, run_jobs
+from fmtspec.lm_eval_plugin import tasks_dir
 
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
 DROP = {"date", "total_evaluation_time_seconds", "start_time", "end_time", "pretty_env_info", "git_hash",
@@ -83,3 +87,62 @@ def test_experiment_scores_split_logs_and_name_the_failed_job(tiny_models, offli
     assert again.results == good.results
     run_scores([again])
     assert not again.ran
+
+
+def test_the_task_index_is_built_once_per_set_of_folders(monkeypatch):
+    from lm_eval.tasks import _index
+
+    calls = []
+
+    def build(paths, *, resolve_includes=True):
+        calls.append((list(paths), resolve_includes))
+        return {"fmtspec_rte": "entry"}
+
+    monkeypatch.setattr(_index.TaskIndex, "build", staticmethod(build))  # put back after the memo replaced it
+    _reuse_task_index()
+    first = _index.TaskIndex.build([Path("a")])
+    first["mine"] = "added"  # a TaskManager adds to its own copy
+    assert _index.TaskIndex.build([Path("a")]) == {"fmtspec_rte": "entry"}
+    _index.TaskIndex.build([Path("a")], resolve_includes=False)
+    assert calls == [([Path("a")], True), ([Path("a")], False)]
+
+
+def test_a_task_index_build_of_another_signature_is_left_alone(monkeypatch):
+    from lm_eval.tasks import _index
+
+    def build(paths, *, resolve_includes=True, workers=1):
+        return {}
+
+    monkeypatch.setattr(_index.TaskIndex, "build", staticmethod(build))
+    _reuse_task_index()
+    assert _index.TaskIndex.build is build
+
+
+def test_jobs_run_when_lm_evals_private_task_index_has_moved(tiny_models, offline_data, tmp_path, monkeypatch,
+                                                              capsys):
+    """No memo to install: each job indexes its task folders again, and both jobs write their results."""
+    import lm_eval.tasks
+    import lm_eval.utils
+    from lm_eval.tasks import manager
+
+    builtin = Path(manager.__file__).parent
+    build = manager.TaskIndex.build
+    indexed = []
+
+    def fmtspec_only(paths, *, resolve_includes=True):  # the built-in tasks left out: 7 s less per job
+        paths = [p for p in paths if Path(p) != builtin]
+        indexed.append(paths)
+        return build(paths, resolve_includes=resolve_includes)
+
+    monkeypatch.setattr(manager.TaskIndex, "build", staticmethod(fmtspec_only))
+    monkeypatch.setattr(lm_eval.tasks, "_index", SimpleNamespace())  # where the memo looks: no TaskIndex there
+    monkeypatch.setattr(lm_eval.utils, "setup_logging", lambda: None)  # this process's logging stays pytest's
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.delenv("RANK", raising=False)
+    outs = [tmp_path / "job0", tmp_path / "job1"]
+    run_jobs([argv(tiny_models["gpt2"], out, tasks="fmtspec_rte") for out in outs])
+    assert [line for line in capsys.readouterr().out.splitlines() if line.endswith(" done")] == \
+        [DONE.format(0), DONE.format(1)]
+    for out in outs:
+        assert "fmtspec_rte" in results(out)["results"]
+    assert [paths for paths in indexed if paths] == [[Path(tasks_dir())]] * 2

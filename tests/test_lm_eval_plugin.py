@@ -1,16 +1,21 @@
 """The plugin wiring: stock lm-eval sees promot_hf and the fmtspec tasks, and nothing else changes.
 
-Each check runs in a fresh interpreter, since the hook acts when lm-eval is first imported."""
+The checks of real lm-eval run in a fresh interpreter, since the hook acts when lm-eval is first imported;
+the TaskManager wrapper is also checked on stand-ins for TaskManagers a later lm-eval might have."""
 
+import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from fmtspec.lm_eval_plugin import tasks_dir
+from fmtspec import lm_eval_plugin
+from fmtspec.lm_eval_plugin import _add_task_path, tasks_dir
 
 OFF = {"FMTSPEC_LM_EVAL_PLUGIN": "0"}
 
@@ -115,3 +120,90 @@ def test_wheel_installs_into_a_new_venv_and_lm_eval_sees_model_and_tasks(tmp_pat
                     "cls = get_model('promot_hf'); print(json.dumps([cls.__module__, cls.__name__]))",
                     python=python, cwd=cwd)
     assert model == ["model_adapters.promot_hf", "PromotHFLM"]
+
+
+def _manager(plugin_tasks=()):
+    """A TaskManager with a keyword lm-eval 0.4.13 lacks; `plugin_tasks`: what it indexes from entry points."""
+
+    class TaskManager:
+        def __init__(self, verbosity=None, include_path=None, include_defaults=True, metadata=None, new_kw=None):
+            self.got = {"verbosity": verbosity, "include_path": include_path, "include_defaults": include_defaults,
+                        "metadata": metadata, "new_kw": new_kw}
+            self.all_tasks = list(plugin_tasks)
+
+    return TaskManager
+
+
+def test_wrapper_passes_every_argument_through_and_adds_the_tasks_folder():
+    manager = _manager()
+    _add_task_path(SimpleNamespace(TaskManager=manager))
+    ours = tasks_dir()
+    assert manager(include_path="user", metadata={"m": 1}, new_kw="new").got == {
+        "verbosity": None, "include_path": [ours, "user"], "include_defaults": True, "metadata": {"m": 1},
+        "new_kw": "new"}
+    assert manager("INFO", ["a", "b"], True, {"m": 2}, "new").got == {
+        "verbosity": "INFO", "include_path": [ours, "a", "b"], "include_defaults": True, "metadata": {"m": 2},
+        "new_kw": "new"}
+    assert manager().got["include_path"] == [ours]
+    assert manager(include_path=[ours, "user"]).got["include_path"] == [ours, "user"]  # not twice
+    assert manager(None, "user", False, new_kw=3).got == {
+        "verbosity": None, "include_path": "user", "include_defaults": False, "metadata": None, "new_kw": 3}
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):  # lm-eval's own error
+        manager(bogus=1)
+
+
+def test_a_task_manager_without_include_path_is_not_wrapped():
+    class TaskManager:
+        def __init__(self, verbosity=None, task_folders=None):
+            pass
+
+    init = TaskManager.__init__
+    _add_task_path(SimpleNamespace(TaskManager=TaskManager))
+    assert TaskManager.__init__ is init
+
+
+def test_steps_aside_where_lm_eval_indexes_fmtspec_tasks_itself():
+    manager = _manager(plugin_tasks=["fmtspec_rte", "fmtspec_suite"])
+    init = manager.__init__
+    _add_task_path(SimpleNamespace(TaskManager=manager))
+    assert manager(include_path="user", new_kw="new").got == {
+        "verbosity": None, "include_path": "user", "include_defaults": True, "metadata": None, "new_kw": "new"}
+    assert manager.__init__ is init  # lm-eval's own, for the rest of the process
+
+
+def test_a_failing_hook_leaves_the_module_importable(tmp_path, monkeypatch, caplog):
+    name = "fmtspec_test_lm_eval_stand_in"
+    (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(lm_eval_plugin.OFF_SWITCH, raising=False)
+
+    def broken(module):
+        raise AttributeError("module has no attribute 'TaskManager'")
+
+    monkeypatch.setitem(lm_eval_plugin._AFTER_IMPORT, name, broken)
+    monkeypatch.setattr(sys, "meta_path", [lm_eval_plugin._LmEvalFinder(), *sys.meta_path])
+    try:
+        with caplog.at_level(logging.WARNING, logger=lm_eval_plugin.__name__):
+            assert importlib.import_module(name).VALUE == 1
+    finally:
+        sys.modules.pop(name, None)
+    assert f"lm-eval runs without fmtspec's {name} hook (AttributeError: module has no attribute" in caplog.text
+
+
+def test_importing_fmtspec_leaves_the_excepthook_until_lm_eval_runs_its_code(tmp_path):
+    code = ("import json, sys\n"
+            "before = sys.excepthook\n"
+            "import model_adapters.promot_hf, harness_tasks.lm_eval_hooks\n"
+            "from fmtspec.errors import FmtspecError\n"
+            "imported = sys.excepthook is before\n"
+            "def installed_by(call):\n"
+            "    sys.excepthook = before\n"
+            "    try:\n"
+            "        call()\n"
+            "    except FmtspecError:\n"
+            "        pass\n"
+            "    return getattr(sys.excepthook, 'fmtspec_hook', False)\n"
+            "print(json.dumps([imported, installed_by(lambda: model_adapters.promot_hf.PromotHFLM(prompt='on')),"
+            " installed_by(harness_tasks.lm_eval_hooks.bind('rte')[0])]))")
+    # an empty data folder: the task's load fails at once, as a bad model argument does
+    assert _python(code, env={"FMTSPEC_DATA_DIR": str(tmp_path)}) == [True, True, True]
