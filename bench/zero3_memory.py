@@ -2,7 +2,7 @@
 and ZeRO-3, side by side in one run (issue 17: under ZeRO-3 no process is to hold the whole model).
 
     python bench/zero3_memory.py [--steps 3] [--d-model 768] [--layers 12] [--model DIR]
-                                 [--plain-zero3] [--lean] [--malloc-mmap-threshold 1048576]
+                                 [--plain-zero3] [--deepspeed-sizes] [--malloc-mmap-threshold 1048576]
 
 A random T5 (d_model 768, d_ff 3072, 12 + 12 layers, untied head, the tiny models' 1k-token vocabulary: ~200M
 parameters, 0.74 GiB in fp32) is built once and saved with save_pretrained into a temporary folder (in a
@@ -13,12 +13,13 @@ partitioned by trainers.engine.partitioned_loading) and `Trainer.train_stage` (d
 Validation and checkpoints are left out (stubbed): they read whole weights, which under ZeRO-3 gathers the whole
 model in every process, and are neither the load nor the training step.
 
-Runs: `zero0` and `zero3` (configs/deepspeed/zero{0,3}.json as the trainer builds them); `--plain-zero3` adds
-ZeRO-3 with the load of before (every process loads the whole model, deepspeed.initialize partitions it);
-`--lean` adds ZeRO-3 configured for memory (LEAN below: fp32 optimizer steps in 10M-element sub-groups, at most
-10M gathered parameters kept live). `--malloc-mmap-threshold` sets glibc's MALLOC_MMAP_THRESHOLD_ in every worker:
-by default glibc keeps the multi-MB blocks ZeRO-3 gathers and frees in its heap (on a CPU, the gathers are host
-memory), which fragments it.
+Runs: `zero0` and `zero3` (configs/deepspeed/zero{0,3}.json as the trainer builds them: under ZeRO-3 the
+partitioned load, trainers.engine.zero3_sizes, share_fp32_partitions and release_freed_host_memory);
+`--plain-zero3` adds ZeRO-3 with the load of before (every process loads the whole model, deepspeed.initialize
+partitions it); `--deepspeed-sizes` adds ZeRO-3 with DeepSpeed's own 1e9-element stage3_max_live_parameters,
+stage3_max_reuse_distance and sub_group_size (DEEPSPEED_SIZES below) instead of the trainer's P / 10.
+`--malloc-mmap-threshold` sets glibc's MALLOC_MMAP_THRESHOLD_ in every worker, ZeRO-0's included (the trainer
+sets the same threshold itself under ZeRO-3 on a CPU, where the user has not set it).
 
 Memory is the process's peak resident set size: `ru_maxrss` (getrusage, the kernel's high-water mark, exact),
 read after the load and at the end; also psutil's RSS sampled every 10 ms in a thread, as a check (it can miss
@@ -140,7 +141,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-LEAN = {"sub_group_size": 10_000_000, "stage3_max_live_parameters": 10_000_000, "stage3_max_reuse_distance": 10_000_000}
+DEEPSPEED_SIZES = {key: 1_000_000_000 for key in
+                   ("sub_group_size", "stage3_max_live_parameters", "stage3_max_reuse_distance")}
 
 
 def run_stage(args, name: str, zero: str, plain_load: bool, tmp: Path) -> list[dict]:
@@ -171,8 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=12, help="encoder layers (and as many decoder layers)")
     parser.add_argument("--model", help="a saved model folder to use instead of building the random T5")
     parser.add_argument("--plain-zero3", action="store_true", help="also ZeRO-3 with the load of before")
-    parser.add_argument("--lean", action="store_true",
-                        help=f"also ZeRO-3 configured for memory: configs/deepspeed/zero3.json + {LEAN}")
+    parser.add_argument("--deepspeed-sizes", action="store_true",
+                        help=f"also ZeRO-3 with DeepSpeed's default sizes: configs/deepspeed/zero3.json + {DEEPSPEED_SIZES}")
     parser.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
                         help="glibc's MALLOC_MMAP_THRESHOLD_ in every worker (e.g. 1048576)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -199,11 +201,11 @@ def main(argv=None) -> int:
         runs = [("zero0", "zero0", False), ("zero3", "zero3", False)]
         if args.plain_zero3:
             runs.append(("zero3, plain load", "zero3", True))
-        if args.lean:
-            lean = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())
-            lean["zero_optimization"].update(LEAN)
-            (tmp / "zero3-lean.json").write_text(json.dumps(lean))
-            runs.append(("zero3, lean", str(tmp / "zero3-lean.json"), False))
+        if args.deepspeed_sizes:
+            sized = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())
+            sized["zero_optimization"].update(DEEPSPEED_SIZES)
+            (tmp / "zero3-deepspeed-sizes.json").write_text(json.dumps(sized))
+            runs.append(("zero3, DeepSpeed's sizes", str(tmp / "zero3-deepspeed-sizes.json"), False))
         results = {}
         for i, (label, zero, plain) in enumerate(runs):
             results[label] = run_stage(args, f"run{i}", zero, plain, tmp)

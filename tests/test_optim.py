@@ -214,10 +214,11 @@ def test_build_gives_prompts_and_lora_the_prompt_tuning_rule():
 
 def test_deepspeed_zero_stages_step_like_zero0():
     """In one process, through deepspeed.initialize: ZeRO 1/2/3 flatten the weights (alignment padding between
-    them) and the attached optimizer still steps them as whole, factored matrices."""
+    them) and the attached optimizer still steps them as whole, factored matrices; under ZeRO-3 also in
+    sub-groups and with the fp32 partitions shared with the parameters'."""
     import deepspeed
 
-    from trainers.engine import init_distributed, single_process_env
+    from trainers.engine import init_distributed, share_fp32_partitions, single_process_env, zero3_sizes
 
     def train(stage):
         torch.manual_seed(0)
@@ -225,7 +226,14 @@ def test_deepspeed_zero_stages_step_like_zero0():
         opt = T5XAdafactor(model.parameters(), lr=0.05, min_dim_size_to_factor=4, held=True)
         config = {"train_batch_size": 2, "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
                   "gradient_clipping": 0.0}
-        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+        # ZeRO-3 as the trainer sets it up: sub-groups of a tenth of the model, fp32 partitions shared
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=zero3_sizes(config, model))
+        if stage == 3:
+            assert config["zero_optimization"]["sub_group_size"] == 53 // 10
+            assert len(engine.optimizer.fp32_partitioned_groups_flat) > 1
+            assert share_fp32_partitions(engine.optimizer) == 53 * 4
+            assert all(a.data_ptr() == b.data_ptr() for a, b in zip(engine.optimizer.fp32_partitioned_groups_flat,
+                                                                    engine.optimizer.fp16_partitioned_groups_flat))
         note = attach(engine.optimizer, opt)
         gen = torch.Generator().manual_seed(1)
         for _ in range(2):

@@ -1,6 +1,7 @@
 """ZeRO-3 loads partitioned: under `engine.deepspeed: zero3` the model comes out of `from_pretrained` already
 partitioned (transformers' HfDeepSpeedConfig + deepspeed.zero.Init), so no process holds the whole model before
-deepspeed.initialize, and the weights loaded are bit for bit those of a plain load. Two CPU processes (gloo)."""
+deepspeed.initialize, and the weights loaded are bit for bit those of a plain load; saved and loaded back one
+tensor at a time, whole on rank 0 only. Two CPU processes (gloo)."""
 
 import json
 import os
@@ -47,6 +48,19 @@ out.update(start_digest=trainer.start_digest, trainer_zero3=trainer.zero3, promp
            prompt_external=id(prompt) in getattr(trainer.module, "_external_params", {}))
 with trainer.gathered():
     out["prompt"] = prompt.detach().tolist()
+# the save and load one tensor at a time: rank 0 writes and reads the files, the others keep their slices
+import deepspeed
+from pathlib import Path
+saved = Path(run_dir) / "saved"
+trainer.save_outputs(saved, model=True)
+with deepspeed.zero.GatheredParameters(list(trainer.module.model.parameters()), modifier_rank=0):
+    if rank() == 0:
+        for p in trainer.module.model.parameters():
+            p.data.zero_()
+out["zeroed_digest"] = trainer.model_digest()
+trainer.load_model_files(sorted((saved / "model").glob("*.safetensors")))
+out["reloaded_digest"] = trainer.model_digest()
+out["partitioned_after_reload"] = all(p.numel() == 0 for p in trainer.module.model.parameters())
 print("RESULT " + json.dumps(out), flush=True)
 torch.distributed.barrier()
 torch.distributed.destroy_process_group()  # a live gloo group at exit can abort the process ("terminate called")
@@ -102,7 +116,13 @@ def test_zero3_loads_partitioned_through_zero_init_and_bit_identical(tiny_models
         # the soft prompt, partitioned like the weights and gathered by this module's forward
         assert out["trainer_zero3"] and out["prompt_numel"] == 0 and out["prompt_external"]
         assert torch.equal(torch.tensor(out["prompt"]), expected_prompt)
+        # saved whole and loaded back one tensor at a time, into the partitions
+        assert out["zeroed_digest"] != plain and out["reloaded_digest"] == plain and out["partitioned_after_reload"]
     assert sorted(out["rank"] for out in results) == [0, 1]
+    from transformers import AutoModelForSeq2SeqLM
+
+    saved = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "saved" / "model")  # save_pretrained's layout
+    assert weights_digest(saved.state_dict()) == plain
 
 
 def test_below_zero3_the_load_is_plain(tiny_models):

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     output = Path(args.output) if args.output else default_output(args.config)
 
-    from trainers.engine import Stopped
+    from trainers.engine import Stopped, barrier
     from trainers.recipes import train
 
     main = os.environ.get("RANK", "0") == "0"  # print once, not once per launched process
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         # 128 + the signal's number, what a shell reports for a process the signal killed (SIGTERM 143, SIGINT
         # 130): a scheduler's epilog or a wrapper tells a preemption from a failure (1)
         return 128 + stop.signum
+    barrier()  # every process has finished before any exits (and ends its process group, at exit)
     if main:
         print(f"run folder: {run_dir}")
     return 0

@@ -23,6 +23,7 @@ process's fp32 master partition and moments). We do not use DeepSpeed's save_che
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
@@ -34,7 +35,7 @@ import socket
 import threading
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def init_distributed() -> None:
 
         deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed(verbose=False)
+    if not getattr(init_distributed, "ends_at_exit", False):
+        atexit.register(_destroy_process_group_at_exit)
+        init_distributed.ends_at_exit = True
+
+
+def _destroy_process_group_at_exit() -> None:
+    """A gloo group still alive when the interpreter finalizes is torn down by its destructors in any order,
+    which now and then aborts a process (SIGABRT) after a run that succeeded: end it first, at exit (not
+    earlier: DeepSpeed keeps the group in its own globals for any later engine of the same process)."""
+    dist = _dist()
+    if dist is not None:
+        dist.destroy_process_group()
 
 
 def _dist():
@@ -271,8 +284,11 @@ def partitioned_loading(config: dict):
     if ds.get("zero_optimization", {}).get("stage", 0) != 3:
         yield None
         return
+    from deepspeed.accelerator import get_accelerator
     from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
+    if get_accelerator().device_name() == "cpu":  # the gathers are host memory from the load on
+        release_freed_host_memory()
     keep = HfDeepSpeedConfig(ds)  # noqa: F841 (transformers holds a weak reference: this keeps it alive)
     try:
         yield ds
@@ -315,20 +331,75 @@ def partition_rest(module, ds_config: dict) -> None:
         deepspeed.zero.Init(module=module, config_dict_or_path=ds_config)
 
 
-def zero3_buckets(ds_config: dict, model) -> dict:
-    """ZeRO-3's bucket sizes, where the config does not set them, from the model's hidden size h as Hugging
-    Face's Trainer fills its `auto` values: reduce_bucket_size h^2, stage3_prefetch_bucket_size 0.9 h^2,
-    stage3_param_persistence_threshold 10 h. DeepSpeed's own defaults (5e8, 5e7, 1e5 elements) are sized for
-    no model: a 5e8-element reduce bucket holds every gradient of a model of up to 500M parameters whole, in
-    every process (2 GB in fp32), before it is reduced. They change no value: the reductions are elementwise."""
+def zero3_sizes(ds_config: dict, model) -> dict:
+    """ZeRO-3's sizes (in elements), where the config does not set them, from the model's hidden size h and its
+    parameter count P. DeepSpeed's own defaults are absolute and sized for no model.
+
+    - As Hugging Face's Trainer fills its `auto` values: reduce_bucket_size h^2, stage3_prefetch_bucket_size
+      0.9 h^2, stage3_param_persistence_threshold 10 h (DeepSpeed: 5e8, 5e7, 1e5; a 5e8-element reduce bucket
+      holds every gradient of a model of up to 500M parameters whole, in every process, before it is reduced).
+    - stage3_max_live_parameters, stage3_max_reuse_distance and sub_group_size: min(DeepSpeed's 1e9, P / 10).
+      DeepSpeed's 1e9 is a tenth of a ~10B model (mT5-XXL keeps it); a model below 1e9 parameters would keep
+      every gathered parameter live from forward to backward, and its optimizer step would flatten every
+      gradient of the process into one more copy: no partitioning at all between the gathers. At P / 10, at
+      most a tenth of the model is gathered at once, and the step runs over ten sub-groups.
+    None changes a trained value except sub_group_size, which splits the gradient norm's sum (the clipping) into
+    per-sub-group sums: a float summation order, as a process count is."""
     zero = ds_config.get("zero_optimization", {})
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    if zero.get("stage", 0) != 3 or not isinstance(hidden, int):
+    if zero.get("stage", 0) != 3:
         return ds_config
-    zero.setdefault("reduce_bucket_size", hidden * hidden)
-    zero.setdefault("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
-    zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
+    if isinstance(hidden, int):
+        zero.setdefault("reduce_bucket_size", hidden * hidden)
+        zero.setdefault("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+        zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
+    tenth = min(DEEPSPEED_SIZE, max(1, sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) // 10))
+    for key in ("stage3_max_live_parameters", "stage3_max_reuse_distance", "sub_group_size"):
+        zero.setdefault(key, tenth)
     return ds_config
+
+
+DEEPSPEED_SIZE = 1_000_000_000  # DeepSpeed's default max_live_parameters, max_reuse_distance, sub_group_size
+
+
+def share_fp32_partitions(optimizer) -> int:
+    """In fp32, let ZeRO-3's "fp32 master" partitions be the parameters' own partitions; the bytes freed.
+
+    DeepSpeed 0.19 means to share them when the parameters already are in the master dtype on the optimizer's
+    device (stage3.py, `_create_fp32_partition`: "we don't need another copy of the weights"), but it compares
+    the tensor's torch.device with the device's name, a str, which is never equal: every fp32 run keeps a second
+    copy of its partitions (P / N parameters per process). Sharing is exact: after each step DeepSpeed copies
+    the master partition into the parameters' partition, here onto itself; a checkpoint load writes both.
+    Called before the first step. bf16 and fp16 runs (the GPU default) keep their fp32 masters."""
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    params = getattr(optimizer, "fp16_partitioned_groups_flat", None)
+    if not masters or not params or len(masters) != len(params):
+        return 0
+    freed = 0
+    for master, flat in zip(masters, params):
+        if (master.dtype == flat.dtype and master.device == flat.device and master.shape == flat.shape
+                and master.data_ptr() != flat.data_ptr() and torch.equal(master, flat)):
+            master.data = flat.data
+            freed += flat.numel() * flat.element_size()
+    return freed
+
+
+def release_freed_host_memory() -> None:
+    """On a CPU, ZeRO-3's gathers, reductions and their frees are multi-MB host allocations at every layer of
+    every step. glibc's malloc raises its mmap threshold to the largest block freed (up to 32 MiB), so those
+    blocks come from its heaps, which they fragment: freed memory stays resident (measured: ZeRO-3 of a 200M
+    model peaked 1.5 GiB higher; bench/zero3_memory.py). A fixed 1 MiB threshold maps them apart and returns
+    them at free. Only where glibc is the allocator and the user set no MALLOC_MMAP_THRESHOLD_ of their own."""
+    import ctypes
+    import platform
+
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (malloc.h); also turns the dynamic threshold off
+    except (OSError, AttributeError):
+        return
 
 
 class _GatheringState(dict):
@@ -459,12 +530,74 @@ class Trainer:
                                or ("model" in trains and not is_prompt and not is_lora))
         return [p for _, p in named if p.requires_grad]
 
-    def model_state(self) -> dict:
+    def model_state(self, keep_vars: bool = False) -> dict:
         """The model's own weights, LoRA layers left out (not merged), under their save_pretrained names."""
-        state = self.module.model.state_dict()
+        state = self.module.model.state_dict(keep_vars=keep_vars)
         if not self.lora:
             return state
         return {name.replace(".base_layer.", "."): t for name, t in state.items() if "lora_" not in name}
+
+    # Under ZeRO-3 the three below go one tensor at a time, as transformers' ZeRO-3 save and load do: each
+    # partitioned tensor is gathered alone (a collective: every process calls them, in the same name order), so
+    # no process holds the whole model on its device, and only rank 0 holds it in host memory, to write or read
+    # it. Tied weights (one tensor under several names) are gathered once.
+    def whole_model_state(self) -> dict:
+        """model_state() as whole tensors in host memory on rank 0 (under ZeRO-3 the other processes get {})."""
+        if not self.zero3:
+            return self.model_state()
+        import deepspeed
+
+        state, copies = {}, {}
+        for name, t in self.model_state(keep_vars=True).items():
+            if id(t) not in copies:
+                with deepspeed.zero.GatheredParameters([t]) if hasattr(t, "ds_id") else nullcontext():
+                    copies[id(t)] = t.detach().to("cpu", copy=True) if is_main() else None
+            if is_main():
+                state[name] = copies[id(t)]
+        return state
+
+    def model_digest(self) -> str:
+        """`rf.weights_digest(model_state())`, the same in every process (a collective under ZeRO-3)."""
+        if not self.zero3:
+            return rf.weights_digest(self.model_state())
+        return rf.weights_digest(_GatheringState(self.model_state(keep_vars=True)))
+
+    @torch.no_grad()
+    def load_model_files(self, files: list[Path]) -> None:
+        """Copy the tensors of save_pretrained safetensors files into the model (names it lacks are skipped;
+        under ZeRO-3 rank 0 alone reads the files, lazily)."""
+        from safetensors import safe_open
+
+        targets = self.model_state(keep_vars=True)
+        if not self.zero3:
+            state = {}
+            for f in files:
+                with safe_open(str(f), "pt") as handle:
+                    state.update({k: handle.get_tensor(k) for k in handle.keys() if k in targets})
+            for name, t in targets.items():
+                if name in state:
+                    t.copy_(state[name])
+            return
+        import deepspeed
+
+        with ExitStack() as opened:
+            handles = [opened.enter_context(safe_open(str(f), "pt")) for f in files] if is_main() else []
+            where = all_gather({k: i for i, h in enumerate(handles) for k in h.keys()})[0]  # rank 0's names
+            done = set()
+            for name, t in targets.items():
+                if name not in where or id(t) in done:
+                    continue
+                done.add(id(t))
+                value = handles[where[name]].get_tensor(name) if is_main() else None
+                if hasattr(t, "ds_id"):
+                    with deepspeed.zero.GatheredParameters([t], modifier_rank=0):
+                        if is_main():
+                            t.copy_(value)
+                else:  # a buffer, the same in every process
+                    if is_main():
+                        t.copy_(value)
+                    if _dist():
+                        _dist().broadcast(t.data, src=0)
 
     # -- the loop --------------------------------------------------------------------------------------
     def train_stage(self, stage: Stage, resume_state: dict | None = None) -> StageResult:
@@ -478,7 +611,7 @@ class Trainer:
             raise FmtspecError(f"stage {stage.number} has nothing to train ({', '.join(stage.trains)})")
         optimizer = make_optimizer(params, config, stage.lr, self.module)
         scheduler = make_scheduler(optimizer, config, stage.steps)
-        ds_config = zero3_buckets(deepspeed_config(config, world_size()), self.module.model)
+        ds_config = zero3_sizes(deepspeed_config(config, world_size()), self.module.model)
         zero = ds_config.get("zero_optimization", {}).get("stage", 0)
         if zero >= 1 and config["optimizer"] == "adafactor":
             note = (f"ZeRO stage {zero} gives Adafactor flat partitions: its second moments are not factored "
@@ -489,6 +622,8 @@ class Trainer:
         engine, _, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
         self.client_optimizer = optimizer  # engine.optimizer is it, or a ZeRO/bf16 wrapper around it
+        if zero == 3:
+            share_fp32_partitions(engine.optimizer)
         if config["optimizer"] == "adafactor_t5x":  # where each weight sits in DeepSpeed's flat partitions
             from trainers import optim
 
@@ -665,19 +800,30 @@ class Trainer:
         return texts
 
     # -- checkpoints -----------------------------------------------------------------------------------
+    def gathered_adapters(self, modify: bool = False):
+        """The soft prompts and LoRA layers whole inside the block (small; a no-op below ZeRO-3)."""
+        if not self.zero3:
+            return nullcontext()
+        import deepspeed
+
+        small = [p for name, p in self.module.named_parameters() if name.startswith("prompts.") or "lora_" in name]
+        return deepspeed.zero.GatheredParameters(small, modifier_rank=0 if modify else None)
+
     def save_outputs(self, folder: Path, *, model: bool) -> None:
         """The trained pieces in run-folder layout: model/ (if asked) and every prompt (or LoRA adapter).
         Every process calls it (ZeRO-3 gathers collectively); rank 0 writes."""
-        with self.gathered():
+        state = self.whole_model_state() if model else None
+        with self.gathered_adapters():
             if is_main():
-                self._save_outputs(folder, model=model)
+                self._save_outputs(folder, state)
 
-    def _save_outputs(self, folder: Path, *, model: bool) -> None:
+    def _save_outputs(self, folder: Path, state: dict | None) -> None:
+        """`state`: the model's weights to write as model/ (whole_model_state), or None for none."""
         from model_adapters.soft_prompt import save_soft_prompt
 
         base = self.base_model
-        if model:
-            self.module.model.save_pretrained(folder / "model", state_dict=self.model_state())
+        if state is not None:
+            self.module.model.save_pretrained(folder / "model", state_dict=state)
             self.tokenizer.save_pretrained(folder / "model")
         n = len(self.tasks)
         mconf = self.module.model.config
@@ -710,9 +856,10 @@ class Trainer:
                                {"optimizer": {k: v for k, v in saved.items() if k in ZERO_STATE_KEYS},
                                 "scheduler": engine.lr_scheduler.state_dict()})
                 barrier()
-            with self.gathered():
+            state = self.whole_model_state() if "model" in stage.trains else None
+            with self.gathered_adapters():
                 if is_main():
-                    self._write_checkpoint(stage, local, engine, result, rngs, staging)
+                    self._write_checkpoint(stage, local, engine, result, rngs, staging, state)
         except BaseException:  # a full disk, a signal: no partial folder stays (the checkpoint's own is removed)
             if staging is not None and is_main():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -720,11 +867,11 @@ class Trainer:
         barrier()
 
     def _write_checkpoint(self, stage: Stage, local: int, engine, result: StageResult, rngs: list,
-                          staging: Path | None) -> None:
+                          staging: Path | None, state: dict | None) -> None:
         final = rf.checkpoint_dir(self.run_dir, self.step)
         final.parent.mkdir(parents=True, exist_ok=True)
         with rf.atomic_folder(final) as tmp:
-            self._save_outputs(tmp, model="model" in stage.trains)
+            self._save_outputs(tmp, state)
             if staging is None:
                 rf.save_nested(tmp / rf.OPTIMIZER_FILE, {"optimizer": engine.optimizer.state_dict(),
                                                          "scheduler": engine.lr_scheduler.state_dict()})
@@ -836,16 +983,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         n = len(self.tasks)
-        with self.gathered(modify=True), torch.no_grad():
-            if "model" in trains and (folder / "model").is_dir():
-                state = {}
-                for f in sorted((folder / "model").glob("*.safetensors")):
-                    state.update(load_file(str(f)))
-                if self.lora:  # saved without LoRA layers: map back onto the wrapped base layers
-                    current = [k for k in self.module.model.state_dict() if "lora_" not in k]
-                    state = {k: state[k.replace(".base_layer.", ".")] for k in current
-                             if k.replace(".base_layer.", ".") in state}
-                self.module.model.load_state_dict(state, strict=False)
+        if "model" in trains and (folder / "model").is_dir():
+            self.load_model_files(sorted((folder / "model").glob("*.safetensors")))
+        with self.gathered_adapters(modify=True), torch.no_grad():
             if "prompt" in trains and self.module.has_prompts:
                 for t in tasks if tasks is not None else range(n):
                     prompt = load_soft_prompt(folder / rf.prompt_folder(self.tasks[t]["name"], n))

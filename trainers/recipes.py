@@ -334,8 +334,7 @@ def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start
         has_prompt = trainer.module.has_prompts or trainer.lora
         prompts = ({t["name"]: rf.prompt_folder(t["name"], n, trainer.lora) for t in config["tasks"]}
                    if has_prompt else {})
-        with trainer.gathered():
-            final_digest = rf.weights_digest(trainer.model_state())
+        final_digest = trainer.model_digest()
         if not is_main():
             return
         manifest = rf.manifest(
