@@ -15,7 +15,8 @@ COMMANDS = {
     "train": ("trainers.cli", "train a run folder from a YAML config (finetune, prompt_tuning, promot, ...)"),
     "leaderboard": ("leaderboards.cli", "build a markdown leaderboard from lm-eval results"),
     "experiment": ("fmtspec.experiment", "train what is missing, score every run with lm_eval, write the leaderboard"),
-    "diagnose": ("fmtspec.diagnose", "format-specialization diagnostics: label share over checkpoints, gradient alignment"),
+    "diagnose": ("fmtspec.diagnose_cli",
+                 "format-specialization diagnostics: label share over checkpoints, gradient alignment"),
     "demo": ("fmtspec.demo", "run the main job on the bundled tiny models and fixture data"),
     "tiny-models": ("fmtspec.tiny_models", "write tiny random-weight T5/mT5/Llama/GPT-2/BART model folders"),
 }

@@ -1,13 +1,12 @@
-"""`fmtspec diagnose`: the format-specialization diagnostics of the ProMoT paper's section 3.
+"""The format-specialization diagnostics of the ProMoT paper's section 3, which `fmtspec diagnose`
+(fmtspec.diagnose_cli) and an experiment's diagnostics stage (fmtspec.experiment) write:
 
-    fmtspec diagnose specialization RUN_DIR [--tasks fmtspec_suite_1shot] [--limit N] [--output DIR]
-        scores every intermediate checkpoint with the stock `lm_eval --model promot_hf` and tracks, per step,
-        each unseen task's score and `fmt_label_share` (Figures 1-2): specialization.json + .png
-    fmtspec diagnose alignment RUN_DIR [--steps 0,final] [--layer decoder:-1] [--batches 4] [--output DIR]
-        the cosine between the full gradient on the run's task and the "format gradient" (the same batches
-        with their targets shuffled across the batch: the output format stays, the input-output relation
-        is gone), per module (MLP, attention Q, K, V) of one layer, at chosen checkpoints (Figures 3, 7):
-        alignment.json + .png
+- specialization: per checkpoint, each unseen task's score and `fmt_label_share` in its lm-eval results
+  (Figures 1-2): specialization.json + .png
+- alignment: the cosine between the full gradient on the run's task and the "format gradient" (the same
+  batches with their targets shuffled across the batch: the output format stays, the input-output relation
+  is gone), per module (MLP, attention Q, K, V) of one layer, at chosen checkpoints (Figures 3, 7):
+  alignment.json + .png
 
 Steps: `0` is the model the run started from (no prompt), `N` its checkpoints/step-N (that checkpoint's
 model, else the start model, with the checkpoint's soft prompt if it has one), `final` the run folder's
@@ -16,7 +15,6 @@ chosen model and prompt, `all` = 0, every checkpoint and final.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -91,6 +89,9 @@ def write_specialization(table: dict, out_dir: Path, title: str) -> list[Path]:
 def _plot_specialization(table: dict, path: Path, title: str) -> Path:
     from matplotlib.figure import Figure
 
+    from harness_tasks.catalog import scale_of
+
+    percent = scale_of("fmt_label_share")  # the shares are fractions; the right plot shows them in %
     rows = table["steps"]
     steps = [r["step"] for r in rows]
     names = sorted({name for r in rows for name in r["tasks"]})
@@ -104,13 +105,13 @@ def _plot_specialization(table: dict, path: Path, title: str) -> Path:
                       label=f"{name.removeprefix('fmtspec_')} (target)")
         elif task["kind"] != "label":
             shares = [r["tasks"].get(name, {}).get("fmt_label_share") for r in rows]
-            right.plot(steps, [math.nan if s is None else 100 * s for s in shares], marker="o", lw=1,
+            right.plot(steps, [math.nan if s is None else percent * s for s in shares], marker="o", lw=1,
                        label=name.removeprefix("fmtspec_"))
     means = [r["unseen_mean"] for r in rows]
     left.plot(steps, [math.nan if m is None else m for m in means], color="black", lw=3, marker="o",
               label="unseen tasks, mean")
     shares = [r["label_share_other_formats"] for r in rows]
-    right.plot(steps, [math.nan if s is None else 100 * s for s in shares], color="black", lw=3,
+    right.plot(steps, [math.nan if s is None else percent * s for s in shares], color="black", lw=3,
                label="mean")
     known = [y for line in left.get_lines() for y in line.get_ydata() if not math.isnan(y)]
     left.set_ylim(-2, max([10.0, *known]) * 1.05)  # a flat zero line still reads as 0 on a 0-100 scale
@@ -122,27 +123,6 @@ def _plot_specialization(table: dict, path: Path, title: str) -> Path:
         ax.legend(fontsize=6, ncol=2)
     fig.savefig(path)
     return path
-
-
-def specialization_for_run(run_dir: Path, tasks: list[str], out_dir: Path, settings: dict) -> list[Path]:
-    """Score each checkpoint of `run_dir` with lm_eval (skipping what is done; the rest in one lm_eval
-    process) and write the diagnostic."""
-    from fmtspec.experiment import checkpoint_view, run_scores, say, score_job
-    from trainers import run as rf
-
-    steps = rf.checkpoint_steps(run_dir)
-    if not steps:
-        raise FmtspecError(f"{run_dir} has no checkpoints (checkpoints/step-N) to score")
-    jobs = []
-    for step in [0, *steps]:  # 0: the model the run started from
-        view = checkpoint_view(run_dir, step, out_dir / "checkpoints" / f"step-{step}")
-        jobs.append((step, score_job({"pretrained": str(view)}, tasks, view / "lm_eval", settings,
-                                     out_dir / "logs" / f"step-{step}.lm_eval.log",
-                                     what=f"lm_eval on checkpoint step-{step}", newer_than=run_dir / "run.json")))
-    say(f"score {sum(job.results is None for _, job in jobs)} of {len(jobs)} checkpoints on {','.join(tasks)}")
-    run_scores([job for _, job in jobs])
-    points = [(step, job.results) for step, job in jobs]
-    return write_specialization(specialization_table(points, run_dir), out_dir, Path(run_dir).name)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -365,50 +345,3 @@ def _plot_alignment(result: dict, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3, axis="y")
     fig.savefig(path)
     return path
-
-
-# ---------------------------------------------------------------------------------------------------
-# The command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="diagnostic", metavar="DIAGNOSTIC", required=True, parser_class=type(parser))
-    spec = sub.add_parser("specialization", help="fmt_label_share and unseen-task scores of every checkpoint")
-    spec.add_argument("run_dir", metavar="RUN_DIR")
-    spec.add_argument("--tasks", default="fmtspec_suite_1shot", help="lm-eval tasks (default: fmtspec_suite_1shot)")
-    spec.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
-    spec.add_argument("--batch_size", type=int, default=8)
-    spec.add_argument("--output", metavar="DIR", default=None, help="default: diagnostics/<run name>")
-    align = sub.add_parser("alignment", help="cosine between the full and the format gradient per module")
-    align.add_argument("run_dir", metavar="RUN_DIR")
-    align.add_argument("--steps", default="0,final", help="comma-separated: 0, checkpoint steps, final, all")
-    align.add_argument("--layer", default="decoder:-1",
-                       help="[encoder|decoder:]INDEX (default: the last decoder layer)")
-    align.add_argument("--task", default=None, help="default: the run's first task")
-    align.add_argument("--batches", type=int, default=4)
-    align.add_argument("--batch_size", type=int, default=8)
-    align.add_argument("--seed", type=int, default=0)
-    align.add_argument("--output", metavar="DIR", default=None, help="default: diagnostics/<run name>")
-
-
-def run(args: argparse.Namespace) -> int:
-    from fmtspec.run_folder import read_manifest
-
-    run_dir = Path(args.run_dir).resolve()
-    read_manifest(run_dir)  # one clear line when it is not a (complete) run folder
-    out = Path(args.output) if args.output else Path("diagnostics") / run_dir.name
-    if args.diagnostic == "specialization":
-        from fmtspec.experiment import _task_list
-
-        tasks = _task_list(args.tasks, "--tasks", Path("command line"))
-        settings = {"batch_size": args.batch_size, "limit": args.limit}
-        written = specialization_for_run(run_dir, tasks, out.resolve(), settings)
-    else:
-        result = alignment_for_run(run_dir, args.steps, args.layer, args.task, args.batches, args.batch_size, args.seed)
-        written = write_alignment(result, out, run_dir.name)
-        for row in result["steps"]:
-            cells = [f"{m}={'—' if row['cosine'][m] is None else format(row['cosine'][m], '.3f')}" for m in MODULES]
-            print(f"step {row['step']}: " + ", ".join(cells))
-    for path in written:
-        print(f"wrote {path}")
-    return 0

@@ -1,4 +1,5 @@
-"""fmtspec's one error type, and the hook that prints it as one line where no fmtspec command catches it.
+"""fmtspec's one error type, the "(did you mean 'x'?)" hint its messages end with, and the hook that prints
+it as one line where no fmtspec command catches it.
 
 The `fmtspec` command catches `FmtspecError` itself. The stock `lm_eval` command lets exceptions from model
 creation and task loading escape to `sys.excepthook`. Importing fmtspec changes no hook: `install_excepthook()`
@@ -11,6 +12,7 @@ first one lm-eval calls, whatever the model). From then on an escaping `FmtspecE
 from __future__ import annotations
 
 import contextlib
+import difflib
 import sys
 
 
@@ -18,6 +20,13 @@ class FmtspecError(Exception):
     """A problem with the user's input: the CLI prints its message as one line and exits non-zero."""
 
     where = "fmtspec"  # what the one-line hook prints before the message (`promot_hf` for its arguments)
+
+
+def did_you_mean(name, options, prefix: str = "") -> str:
+    """` (did you mean '<prefix><option>'?)` for the option closest to `name`, or "" when none is close;
+    values are compared as text (a YAML value may be a number)."""
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{match[0]}'?)" if match else ""
 
 
 @contextlib.contextmanager

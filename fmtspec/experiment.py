@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import json
 import os
 import subprocess
@@ -72,7 +71,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec import diagnose
+from fmtspec.errors import FmtspecError, did_you_mean
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = "pretrained"  # the method of a run that is only scored
@@ -129,18 +129,13 @@ class Experiment:
 # Reading and validating the experiment file
 
 
-def _closest(name: str, options) -> str:
-    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def _check_keys(mapping, allowed, where: str, source: Path) -> None:
     if not isinstance(mapping, dict):
         raise FmtspecError(f"{source}: '{where or 'the file'}' must be a mapping of {', '.join(allowed)}")
     for key in mapping:
         if key not in allowed:
             dotted = f"{where}.{key}" if where else str(key)
-            raise FmtspecError(f"{source}: unknown key '{dotted}'{_closest(key, allowed)}")
+            raise FmtspecError(f"{source}: unknown key '{dotted}'{did_you_mean(key, allowed)}")
 
 
 def _task_list(value, where: str, source: Path) -> list[str]:
@@ -153,7 +148,7 @@ def _task_list(value, where: str, source: Path) -> list[str]:
     known = list(ALL_TASKS) + list(GROUPS)
     for task in value:  # other lm-eval tasks pass through; a misspelt fmtspec task does not
         if task.startswith("fmtspec_") and task not in known:
-            raise FmtspecError(f"{source}: unknown task '{task}' in '{where}'{_closest(task, known)}")
+            raise FmtspecError(f"{source}: unknown task '{task}' in '{where}'{did_you_mean(task, known)}")
     return [t.strip() for t in value]
 
 
@@ -239,7 +234,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             continue
         if method is not None and method not in METHODS:
             raise FmtspecError(f"{source}: {where}: unknown method '{method}'"
-                               f"{_closest(method, (PRETRAINED, *METHODS))}; "
+                               f"{did_you_mean(method, (PRETRAINED, *METHODS))}; "
                                f"choose {PRETRAINED} or {', '.join(METHODS)}")
         if method is None and "config" not in item:
             raise FmtspecError(f"{source}: {where} needs 'method' or 'config'")
@@ -259,7 +254,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             if parent not in labels[:-1]:
                 known = [r.label for r in runs if r.method != PRETRAINED]
                 raise FmtspecError(f"{source}: {where}: init_from '{parent}' is not the label of an earlier "
-                                   f"trained run{_closest(parent, known)}")
+                                   f"trained run{did_you_mean(parent, known)}")
             if next(r for r in runs if r.label == parent).method == PRETRAINED:
                 raise FmtspecError(f"{source}: {where}: init_from '{parent}' is a pretrained run; "
                                    "start from base_model instead")
@@ -269,7 +264,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
             if stage1 not in labels[:-1] or next(r for r in runs if r.label == stage1).method != "prompt_tuning":
                 known = [r.label for r in runs if r.method == "prompt_tuning"]
                 raise FmtspecError(f"{source}: {where}: stage1_from '{stage1}' is not the label of an earlier "
-                                   f"prompt_tuning run{_closest(stage1, known)}")
+                                   f"prompt_tuning run{did_you_mean(stage1, known)}")
             raw["stage1_from"] = str(out / "runs" / stage1)
         try:  # a tiny: or pretrain: base is checked above and resolved when the run starts
             config = load_config(None, raw=raw, model_prefixes=(TINY_PREFIX, PRETRAIN_PREFIX))
@@ -280,7 +275,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
 
     baseline = data.get("baseline", PRETRAINED)
     if baseline not in labels:
-        raise FmtspecError(f"{source}: baseline '{baseline}' is not a run label{_closest(baseline, labels)}")
+        raise FmtspecError(f"{source}: baseline '{baseline}' is not a run label{did_you_mean(baseline, labels)}")
     if not base_model and any(r.method == PRETRAINED for r in runs):
         raise FmtspecError(f"{source}: 'base_model' must be set")
     alignment = data.get("alignment")
@@ -289,7 +284,7 @@ def load_experiment(path: str | Path, output: str | Path | None = None) -> Exper
         for label in alignment.get("runs") or []:
             if label not in labels or next(r for r in runs if r.label == label).method == PRETRAINED:
                 raise FmtspecError(f"{source}: alignment.runs: '{label}' is not a trained run"
-                                   f"{_closest(label, labels)}")
+                                   f"{did_you_mean(label, labels)}")
         for key, low in (("batches", 1), ("batch_size", 2), ("seed", 0)):  # fmtspec.diagnose.alignment_for_run's
             value = alignment.get(key, low)
             if not _is_int(value) or value < low:
@@ -384,7 +379,7 @@ def _locate_model(model, source: Path, key: str = "base_model"):
 
         if model[len(TINY_PREFIX):] not in KINDS:
             kinds = [TINY_PREFIX + k for k in KINDS]
-            raise FmtspecError(f"{source}: {key}: unknown tiny model '{model}'{_closest(model, kinds)}; choose "
+            raise FmtspecError(f"{source}: {key}: unknown tiny model '{model}'{did_you_mean(model, kinds)}; choose "
                                f"{', '.join(kinds)}")
         return model
     if not model.startswith(PRETRAIN_PREFIX):
@@ -1178,8 +1173,6 @@ def run_experiment(exp: Experiment, stream: bool = False, board: bool = True) ->
     """Every stage in order; returns {"leaderboard": path, "plots": [...], "diagnostics": [...]}.
     With `board=False` (several experiments sharing one folder, as in the demo) no board is written and
     the copy of the experiment file is named experiment.<name>.yaml."""
-    from fmtspec import diagnose
-
     started = time.time()
     exp.output.mkdir(parents=True, exist_ok=True)
     check_trained_configs(exp)

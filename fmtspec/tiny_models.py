@@ -9,9 +9,10 @@ text (a byte-level tokenizer would drop invalid bytes), so greedy generations ar
 - `t5`: T5ForConditionalGeneration, tokenizer without sentinels.
 - `mt5`: MT5ForConditionalGeneration (gated GELU, untied head), tokenizer with `<extra_id_0..99>`.
 - `llama`, `gpt2`: decoder-only.
-- `bart`: BartForConditionalGeneration at the miniature world's size (d_model 128, 3+3 layers, 4 heads,
-  FFN 512, learned positions, `scale_embedding`), tokenizer like T5's plus `<s>` (the decoder start).
-  Not in `KINDS` (so not built by `build_all`); `harness_tasks.mini_world` builds it on its word vocabulary.
+- `bart`: BartForConditionalGeneration of the miniature world's config (`harness_tasks.mini_world.bart_config`:
+  d_model 128, 3+3 layers, 4 heads, FFN 512, learned positions, `scale_embedding`), tokenizer like T5's plus
+  `<s>` (the decoder start). Not in `KINDS` (so not built by `build_all`); the world builds it on its word
+  vocabulary.
 - `mt5_spiece`: the `mt5` model with a tokenizer folder laid out as the hub's google/mt5-* have it, so that
   tests load it the way transformers loads the paper's models (needs `sentencepiece` and `protobuf`):
   `spiece.model` (a unigram SentencePiece model, trained here on the corpus below and the bundled fixtures'
@@ -32,6 +33,7 @@ import string
 from pathlib import Path
 
 from fmtspec.errors import FmtspecError
+from harness_tasks.mini_world import bart_config
 
 KINDS = ("t5", "mt5", "llama", "gpt2")
 EXTRA_KINDS = ("bart", "mt5_spiece")  # built on request only
@@ -184,23 +186,6 @@ def build_model(kind: str, vocab_size: int, seed: int = 0):
     else:
         raise FmtspecError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS + EXTRA_KINDS)}")
     return model
-
-
-def bart_config(vocab_size: int, pad_id: int = 0, eos_id: int = 1, bos_id: int = 3):
-    """The miniature world's BART (~1.5M parameters at a 120-word vocabulary). Ids: <pad> 0, </s> 1, <s> 3.
-
-    The decoder starts from <s>, not BART's usual </s>: generation code that stops at the first EOS would
-    otherwise stop at the start token. `scale_embedding`: token embeddings are multiplied by sqrt(d_model)
-    inside `embed_tokens`, so anything fed as `inputs_embeds` must come from that module. No dropout: the
-    world's data are plentiful and training is short. No forced BOS/EOS tokens."""
-    import transformers as tf
-
-    return tf.BartConfig(vocab_size=vocab_size, d_model=128, encoder_layers=3, decoder_layers=3,
-                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512,
-                         decoder_ffn_dim=512, max_position_embeddings=512, scale_embedding=True,
-                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id,
-                         decoder_start_token_id=bos_id, forced_bos_token_id=None, forced_eos_token_id=None)
 
 
 def _silence_special_tokens(model, tokenizer):

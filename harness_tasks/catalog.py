@@ -13,12 +13,18 @@ class TaskInfo:
     key: str  # folder under FMTSPEC_DATA_DIR; the task name without `fmtspec_` and the shot suffix
     display: str  # row label in leaderboards
     metric: str  # primary metric as lm-eval reports it
-    scale: float  # multiply the metric by this for a 0-100 score (fractions x100, BLEU x1)
+    scale: float  # multiply the metric by this for a 0-100 score: scale_of(metric)
     kind: str  # "label" (first word decides), "qa", "translation", "summarization", "multilabel"
 
 
+def scale_of(metric: str) -> float:
+    """What turns `metric` as lm-eval reports it into a 0-100 score: BLEU (sacreBLEU's) is on 0-100 already,
+    every other metric of the fmtspec tasks (accuracy, exact match, ROUGE, F1, fmt_label_share) a fraction."""
+    return 1.0 if metric == "bleu" else 100.0
+
+
 def _t(key, display, metric, kind):
-    return TaskInfo(key, display, metric, 1.0 if metric == "bleu" else 100.0, kind)
+    return TaskInfo(key, display, metric, scale_of(metric), kind)
 
 
 # The paper's 8 unseen tasks, in the order of its tables.

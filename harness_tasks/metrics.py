@@ -12,7 +12,7 @@ import re
 import string
 from functools import lru_cache
 
-from harness_tasks.catalog import BY_KEY
+from harness_tasks.catalog import BY_KEY, scale_of
 from harness_tasks.formats import FORMATS, MCD_CATEGORIES, mcd_labels
 
 SENTINEL_START, SENTINEL_END = "<extra_id_0>", "<extra_id_1>"
@@ -149,15 +149,12 @@ def aggregations(key: str) -> dict:
     return {**metrics, "score": scaled, "norm_avg": scaled, "fmt_label_share": "mean"}
 
 
-# BLEU (sacreBLEU's) and fmtspec's `score`/`norm_avg` are on 0-100; every other metric here is a fraction.
-PERCENT_METRICS = ("bleu", "score", "norm_avg")
-
-
 def metric_range(key: str, metric: str) -> tuple[float, float] | None:
-    """(low, high) of `metric` as task `key` reports it; None for a metric the task does not report."""
+    """(low, high) of `metric` as task `key` reports it; None for a metric the task does not report.
+    fmtspec's `score`/`norm_avg` are on 0-100, every other metric on 0-100 / its scale (catalog.scale_of)."""
     if metric not in aggregations(key):
         return None
-    return (0.0, 100.0) if metric in PERCENT_METRICS else (0.0, 1.0)
+    return (0.0, 100.0) if metric in ("score", "norm_avg") else (0.0, 100.0 / scale_of(metric))
 
 
 def process_results(key: str, doc: dict, output: str) -> dict:

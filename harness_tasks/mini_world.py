@@ -14,6 +14,9 @@ Records are drawn one after another per task, duplicates skipped; the first ones
 validation, then train: the splits are disjoint, and test/validation do not depend on the train size.
 Everything is space-separated words (punctuation too), so the word-level tokenizer is lossless; the
 few-shot delimiter "\n\n" between a demonstration and the query is a token of its own.
+
+The world's BART (`bart_config`; `random_model` draws its weights) is what the trainers' `model: mini:bart`
+builds (trainers.scratch), and the config of fmtspec.tiny_models' `bart` kind.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from fmtspec.errors import FmtspecError
+from harness_tasks.records import DATA_DIR_ENV, read_jsonl
 
 VERSION = 1  # bump when a rule or template changes: cached worlds are keyed by it
 SPLITS = ("test", "validation", "train")  # drawing order
@@ -51,7 +55,7 @@ POSITIVE = "great nice tasty fresh warm clean".split()
 NEGATIVE = "awful rude cold slow dirty stale".split()
 TEMPLATE_WORDS = ("copy reverse sort translate article summary review question answer what does have has is "
                   "it good Is true or false True False yes no maybe the list sorted an animal : . ?").split()
-SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>")  # ids 0-3, as fmtspec.tiny_models.bart_config expects
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>")  # ids 0-3, as bart_config (below) expects
 FEWSHOT_DELIMITER = "\n\n"  # lm-eval's fewshot_delimiter and stop string: a token, or the model cannot see it
 
 # A fixed word-for-word cipher: a derangement of WORDS (no word translates to itself).
@@ -299,15 +303,11 @@ def default_world(seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None)
 
 def data_dir() -> Path:
     """$FMTSPEC_DATA_DIR when set (as for every fmtspec task), else the default world in the cache."""
-    from harness_tasks.data import DATA_DIR_ENV
-
     return Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else default_world()
 
 
 def load_split(task: str, split: str) -> list[dict]:
     """The records of one split: `<data dir>/mini_<task>/<split>.jsonl`."""
-    from harness_tasks.data import read_jsonl
-
     if task not in GENERATORS:
         raise FmtspecError(f"unknown miniature task {task!r}; known: {', '.join(TASKS)}")
     if split not in SPLITS:
@@ -345,20 +345,49 @@ def build_tokenizer(model_max_length: int = 512):
                                    eos_token="</s>", unk_token="<unk>", bos_token="<s>")
 
 
-def build_model(output: str | os.PathLike, seed: int = 0) -> Path:
-    """A randomly initialized miniature BART (fmtspec.tiny_models' `bart` size) with the world's tokenizer,
-    saved as an ordinary HF model folder: the starting point of pretraining."""
+def bart_config(vocab_size: int, pad_id: int = 0, eos_id: int = 1, bos_id: int = 3):
+    """The miniature world's BART (~1.5M parameters at a 120-word vocabulary). Ids: <pad> 0, </s> 1, <s> 3.
+
+    The decoder starts from <s>, not BART's usual </s>: generation code that stops at the first EOS would
+    otherwise stop at the start token. `scale_embedding`: token embeddings are multiplied by sqrt(d_model)
+    inside `embed_tokens`, so anything fed as `inputs_embeds` must come from that module. No dropout: the
+    world's data are plentiful and training is short. No forced BOS/EOS tokens."""
+    import transformers as tf
+
+    return tf.BartConfig(vocab_size=vocab_size, d_model=128, encoder_layers=3, decoder_layers=3,
+                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512,
+                         decoder_ffn_dim=512, max_position_embeddings=512, scale_embedding=True,
+                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                         pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id,
+                         decoder_start_token_id=bos_id, forced_bos_token_id=None, forced_eos_token_id=None)
+
+
+def model_config():
+    """`bart_config` on the world's vocabulary and its special tokens' ids."""
+    vocab = vocabulary()
+    pad, eos, _, bos = (vocab.index(t) for t in SPECIAL_TOKENS)
+    return bart_config(len(vocab), pad_id=pad, eos_id=eos, bos_id=bos)
+
+
+def random_model(mconf, seed: int):
+    """(model, tokenizer): a BART of `mconf` (`model_config()`, resized or not) with random weights drawn
+    from `seed`, and the world's tokenizer; its generation config pads, stops and starts as `mconf` does."""
     import torch
     from transformers import BartForConditionalGeneration
 
-    from fmtspec.tiny_models import bart_config
-
     tokenizer = build_tokenizer()
-    ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     torch.manual_seed(seed)
-    model = BartForConditionalGeneration(bart_config(len(tokenizer), pad_id=ids[0], eos_id=ids[1], bos_id=ids[3]))
+    model = BartForConditionalGeneration(mconf)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.decoder_start_token_id = mconf.decoder_start_token_id
+    return model, tokenizer
+
+
+def build_model(output: str | os.PathLike, seed: int = 0) -> Path:
+    """A randomly initialized miniature BART (`model_config()`) with the world's tokenizer, saved as an
+    ordinary HF model folder: the starting point of pretraining."""
+    model, tokenizer = random_model(model_config(), seed)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)

@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from harness_tasks.catalog import (GROUPS, MINI, MINI_TARGET, SHOTS, SUITE, TARGETS, TEACH_TWICE, TaskInfo,
-                                   parse_task_name)
+                                   parse_task_name, scale_of)
 from leaderboards.results import Checkpoint, metric_value
 
 MISSING = "—"
@@ -29,11 +29,6 @@ TEACH_TWICE_METRICS = {
 }
 METRIC_NAMES = {"bleu": "sacreBLEU", "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2",
                 "acc": "Accuracy", "f1": "F1", "exact_match": "Exact match"}
-
-
-def scale_of(metric: str) -> float:
-    """lm-eval reports BLEU on 0-100 and every other metric here as a fraction."""
-    return 1.0 if metric == "bleu" else 100.0
 
 
 def fmt(value: float, signed: bool = False) -> str:

@@ -54,7 +54,7 @@ def digest(state_dict):
 
 
 def test_pretraining_steps_write_a_run_folder_and_change_the_model(pretrained, world):
-    from trainers.pretrain import build_scratch
+    from trainers.scratch import build_scratch
 
     m = manifest(pretrained)
     assert (m["method"], m["base_model"], m["model"], m["steps"], m["prompts"]) == ("pretrain", "mini:bart", "model",
@@ -179,7 +179,7 @@ def test_bad_pretrain_config_is_one_line(overrides, message):
 
 
 def test_inputs_longer_than_the_learned_positions_are_refused(world):
-    from trainers.pretrain import build_scratch
+    from trainers.scratch import build_scratch
 
     with pytest.raises(FmtspecError, match="exceed the model's 128 learned positions"):
         build_scratch(config("max_input_length=256"))

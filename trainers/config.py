@@ -10,7 +10,6 @@ torch or transformers, or asks the hub.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmtspec.errors import FmtspecError
+from fmtspec.errors import FmtspecError, did_you_mean
 
 # The ways of fine-tuning a pretrained model that the papers compare, and pretraining from scratch.
 FINETUNE_METHODS = ("finetune", "prompt_tuning", "promot", "joint", "random_prompt")
@@ -63,7 +62,7 @@ SCHEMA: dict = {
                                    "or mini:bart: a random BART on the miniature world's tokenizer (from scratch)"),
     "trust_remote_code": Field(bool, False, nullable=False,
                                help="let transformers run a model folder's own code (off unless asked)"),
-    "architecture": {  # of a `mini:` model built from scratch; null: fmtspec.tiny_models.bart_config's size
+    "architecture": {  # of a `mini:` model built from scratch; null: harness_tasks.mini_world.bart_config's size
         "d_model": Field(int, None, min=1),
         "encoder_layers": Field(int, None, min=1),
         "decoder_layers": Field(int, None, min=1),
@@ -195,11 +194,6 @@ PRESETS = {
 }
 
 
-def _closest(name: str, options) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
 def _dotted_keys(schema: dict, where: str = "") -> list[str]:
     out = []
     for key, spec in schema.items():
@@ -209,11 +203,9 @@ def _dotted_keys(schema: dict, where: str = "") -> list[str]:
 
 def _suggest(key: str, siblings: dict, where: str) -> str:
     """The closest key of the same section, else a key of the same name elsewhere (`steps` -> `model_training.steps`)."""
-    match = difflib.get_close_matches(key, list(siblings), n=1, cutoff=0.5)
-    if match:
-        return f" (did you mean '{where}{match[0]}'?)"
-    elsewhere = [d for d in _dotted_keys(SCHEMA) if d.rsplit(".", 1)[-1] == key]
-    return f" (did you mean '{elsewhere[0]}'?)" if elsewhere else ""
+    # the sections that hold a key of this name ("" the top level): the key is its own closest match there
+    sections = [d[:-len(key)] for d in _dotted_keys(SCHEMA) if d.rsplit(".", 1)[-1] == key]
+    return did_you_mean(key, siblings, where) or (did_you_mean(key, [key], sections[0]) if sections else "")
 
 
 def defaults(schema: dict = SCHEMA) -> dict:
@@ -265,7 +257,7 @@ def _coerce(dotted: str, value, spec: Field):
         raise FmtspecError(f"config key '{dotted}' must be {names}, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise FmtspecError(f"config key '{dotted}' is {value!r}; choose one of "
-                           f"{', '.join(map(str, spec.choices))}{_closest(str(value), map(str, spec.choices))}")
+                           f"{', '.join(map(str, spec.choices))}{did_you_mean(value, spec.choices)}")
     allowed = spec.range_text()
     if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value) or not spec.in_range(value):
@@ -290,7 +282,7 @@ def normalize_tasks(tasks) -> list[dict]:
             raise FmtspecError(f"config key 'tasks' entries must be a task name or {{name, weight}}, got {item!r}")
         name, weight = item["name"], item.get("weight", 1.0)
         if name not in ALL_TASKS:
-            raise FmtspecError(f"unknown task '{name}' in config key 'tasks'{_closest(str(name), ALL_TASKS)}")
+            raise FmtspecError(f"unknown task '{name}' in config key 'tasks'{did_you_mean(name, ALL_TASKS)}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
             raise FmtspecError(f"task '{name}' has weight {weight!r}; weights must be positive numbers")
         out.append({"name": name, "weight": float(weight)})
@@ -348,7 +340,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
     config = defaults()
     if preset is not None:
         if preset not in PRESETS:
-            raise FmtspecError(f"unknown preset '{preset}'{_closest(preset, PRESETS)}; "
+            raise FmtspecError(f"unknown preset '{preset}'{did_you_mean(preset, PRESETS)}; "
                                f"presets: {', '.join(PRESETS)}")
         config = merge(config, PRESETS[preset])
     config = merge(config, user)
@@ -410,7 +402,7 @@ def _check_scratch(config: dict) -> None:
     kind = model[len(SCRATCH_PREFIX):]
     if kind not in SCRATCH_KINDS:
         kinds = [SCRATCH_PREFIX + k for k in SCRATCH_KINDS]
-        raise FmtspecError(f"unknown model '{model}'{_closest(model, kinds)}; models built from scratch: "
+        raise FmtspecError(f"unknown model '{model}'{did_you_mean(model, kinds)}; models built from scratch: "
                            f"{', '.join(kinds)}")
     other = [t["name"] for t in config["tasks"] if not t["name"].startswith("fmtspec_mini_")]
     if other:

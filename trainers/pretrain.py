@@ -1,7 +1,7 @@
 """`method: pretrain`: the miniature world's base model, trained from scratch on a mixture of its tasks.
 
     method: pretrain
-    model: mini:bart            # a random BART (fmtspec.tiny_models.bart_config) on the world's word tokenizer
+    model: mini:bart            # a random BART (trainers.scratch) on the world's word tokenizer
     architecture: {d_model: 128, encoder_layers: 3, decoder_layers: 3, attention_heads: 4, ffn_dim: 512}
     tasks: [fmtspec_mini_copy, ...]
     shots: 1
@@ -33,61 +33,11 @@ from pathlib import Path
 
 from fmtspec.errors import FmtspecError
 from trainers.config import NOT_IN_CACHE_KEY, SCRATCH_PREFIX, config_hash, is_scratch
+from trainers.scratch import scratch_config
 
 CACHE_SUBDIR = "mini_base"
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "mini_pretrained"
 SHIPPED_RECORD = "shipped.json"  # {"cache_key": ..., "model_safetensors_sha256": ..., "trained_with": {...}}
-# config key -> BartConfig attribute(s) it sets
-ARCHITECTURE_KEYS = {
-    "d_model": ("d_model",),
-    "encoder_layers": ("encoder_layers",),
-    "decoder_layers": ("decoder_layers",),
-    "attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
-    "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
-    "max_positions": ("max_position_embeddings",),
-}
-
-
-def scratch_config(config: dict):
-    """The BartConfig of a `mini:bart` model: the world's size, with the config's `architecture` on top."""
-    from fmtspec.tiny_models import bart_config
-    from harness_tasks.mini_world import SPECIAL_TOKENS, vocabulary
-
-    vocab = vocabulary()
-    pad, eos, _, bos = (vocab.index(t) for t in SPECIAL_TOKENS)
-    mconf = bart_config(len(vocab), pad_id=pad, eos_id=eos, bos_id=bos)
-    for key, value in config["architecture"].items():
-        if value is not None:
-            for attr in ARCHITECTURE_KEYS[key]:
-                setattr(mconf, attr, value)
-    if mconf.d_model % mconf.encoder_attention_heads:
-        raise FmtspecError(f"architecture: d_model {mconf.d_model} is not a multiple of attention_heads "
-                           f"{mconf.encoder_attention_heads}")
-    longest = max(config["max_input_length"], config["max_target_length"])
-    if longest > mconf.max_position_embeddings:
-        raise FmtspecError(f"max_input_length/max_target_length {longest} exceed the model's "
-                           f"{mconf.max_position_embeddings} learned positions (architecture.max_positions)")
-    return mconf
-
-
-def build_scratch(config: dict):
-    """(model, tokenizer, encoder_decoder) for `model: mini:<kind>`: random weights drawn from the config's
-    seed, the config's dropout on every dropout knob."""
-    import torch
-    from transformers import BartForConditionalGeneration
-
-    from harness_tasks.mini_world import build_tokenizer
-
-    mconf = scratch_config(config)
-    if config["dropout"] is not None:
-        mconf.dropout = mconf.attention_dropout = mconf.activation_dropout = config["dropout"]
-    tokenizer = build_tokenizer()
-    torch.manual_seed(config["seed"])
-    model = BartForConditionalGeneration(mconf)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.decoder_start_token_id = mconf.decoder_start_token_id
-    return model, tokenizer, True
 
 
 def cache_key(config: dict) -> str:

@@ -19,6 +19,7 @@ from trainers import run as rf
 from trainers.config import config_hash, is_scratch
 from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, partition_rest,
                              partitioned_loading, single_process_env, state_digest, steps_for, stop_on_signals)
+from trainers.scratch import build_scratch
 
 PROMPT_METHODS = ("prompt_tuning", "promot", "joint", "random_prompt")
 
@@ -118,8 +119,6 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
     torch.manual_seed(config["seed"])
     with partitioned_loading(config) as zero3:  # ZeRO-3: every process loads only its slice of the weights
         if is_scratch(start_model):
-            from trainers.pretrain import build_scratch
-
             model, tokenizer, encoder_decoder = build_scratch(config)
         else:
             model, tokenizer, encoder_decoder = load_model(start_model, config["dropout"],
