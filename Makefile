@@ -18,6 +18,11 @@ TORCH_INDEX ?=
 EXTRA_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 STAMP := $(VENV)/.fmtspec-installed-$(notdir $(LOCK))
 PYTEST_ARGS ?=
+# The suite's tests mostly wait on one single-threaded process each (OMP_NUM_THREADS=1, tests/conftest.py):
+# pytest-xdist runs test files on this many workers side by side (a file stays on one worker: its
+# module-scoped fixtures are built once). PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --upgrade --allow-unsafe --strip-extras --extra dev \
@@ -47,7 +52,7 @@ endif
 	@touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/fmtspec demo
@@ -76,7 +81,7 @@ test-latest:
 		-c $(LATEST_VENV)/torch-constraint.txt $(EXTRA_INDEX)
 	@$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@$(PYTHON) requirements/compare.py $(LOCK) $(LATEST_VENV)/versions.txt
-	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
 # Train the miniature world's base again (configs/mini/pretrain.yaml, ~5 min on one thread) and make it the
 # shipped one (models/mini_pretrained); then regenerate the tables of README.md and docs/miniature.md.

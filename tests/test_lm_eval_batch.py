@@ -37,16 +37,17 @@ def results(out: Path) -> dict:
 def test_batch_gives_the_results_of_the_stock_command(tiny_models, offline_data, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     models = [tiny_models["mt5"], tiny_models["gpt2"]]
-    for i, model in enumerate(models):
-        proc = subprocess.run([LM_EVAL, *argv(model, tmp_path / f"cli{i}")], capture_output=True, text=True,
-                              env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = tmp_path / "jobs.json"
     jobs.write_text(json.dumps([argv(model, tmp_path / f"batch{i}") for i, model in enumerate(models)]))
-    proc = subprocess.run([sys.executable, "-m", "fmtspec.lm_eval_batch", str(jobs)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [line for line in proc.stdout.splitlines() if line.endswith(" done")] == \
+    # the two stock commands and the batch side by side (independent processes; their start-up is the cost)
+    commands = [[LM_EVAL, *argv(model, tmp_path / f"cli{i}")] for i, model in enumerate(models)]
+    commands.append([sys.executable, "-m", "fmtspec.lm_eval_batch", str(jobs)])
+    logs = [(tmp_path / f"out{i}.log", tmp_path / f"err{i}.log") for i in range(len(commands))]
+    procs = [subprocess.Popen(cmd, stdout=out.open("w"), stderr=err.open("w"), env=env)
+             for cmd, (out, err) in zip(commands, logs)]
+    for proc, (_, err) in zip(procs, logs):
+        assert proc.wait(timeout=300) == 0, err.read_text()[-2000:]
+    assert [line for line in logs[-1][0].read_text().splitlines() if line.endswith(" done")] == \
         ["fmtspec-batch: job 0 done", "fmtspec-batch: job 1 done"]
     for i in range(len(models)):
         cli, batch = results(tmp_path / f"cli{i}"), results(tmp_path / f"batch{i}")

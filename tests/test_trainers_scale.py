@@ -161,16 +161,17 @@ def test_resume_after_sigkill_at_a_random_step_is_exact(zero, optimizer, tiny_mo
             "--set", f"optimizer={optimizer}", "--set", f"engine.deepspeed={zero}"]  # dropout 0.1 stays on: RNG too
     run = tmp_path / "killed"
     kill_after = random.Random().randint(1, steps - 2)
-    proc = subprocess.Popen([sys.executable, "-m", "fmtspec", "train", *args, "--output", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env(), cwd=REPO)
+    log = tmp_path / "killed.log"  # a file, not a pipe: a pipe nobody reads would stall the run once full
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fmtspec", "train", *args, "--output", str(run)],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env(), cwd=REPO)
     deadline = time.time() + 200
     while not (run / "checkpoints" / f"step-{kill_after}").is_dir():
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert proc.poll() is None, log.read_text()[-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    proc.stderr.close()
     assert not (run / "run.json").exists(), f"the run finished before the kill (after step {kill_after})"
     resumed = fmtspec_train(*args, "--output", str(run), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

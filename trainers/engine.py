@@ -68,6 +68,9 @@ def init_distributed() -> None:
 
         deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
     deepspeed.init_distributed(verbose=False)
+    # DeepSpeed 0.19 calls torch's renamed collectives (all_gather_into_tensor, reduce_scatter_tensor); torch
+    # warns at every call, hundreds of lines per run that its user can do nothing about
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     if not getattr(init_distributed, "ends_at_exit", False):
         atexit.register(_destroy_process_group_at_exit)
         init_distributed.ends_at_exit = True
