@@ -41,3 +41,16 @@ def data_env():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
         yield
+
+
+# The longest files first (their measured run times on 2 cores, longest first; the rest keep pytest's order).
+# `make test` runs files on two pytest-xdist workers, each file whole on one: a long file started last would
+# leave one worker running it alone at the end.
+LONGEST_FIRST = ("test_trainers.py", "test_trainers_scale.py", "test_experiment.py", "test_lm_eval_batch.py",
+                 "test_lm_eval_plugin.py", "test_run_folder_faults.py", "test_promot_hf.py", "test_mini_pretrain.py",
+                 "test_promot_hf_contexts.py", "test_bad_input_data.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept

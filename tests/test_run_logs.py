@@ -172,6 +172,7 @@ def _logging(**section):
 
 
 def test_a_missing_package_or_a_wandb_key_without_project_is_one_line(tmp_path, monkeypatch):
+    from trainers import run as rf
     from trainers import run_logs
 
     monkeypatch.setattr(run_logs, "_installed", lambda package: False)
@@ -187,9 +188,9 @@ def test_a_missing_package_or_a_wandb_key_without_project_is_one_line(tmp_path, 
     with pytest.raises(FmtspecError, match=r"^config key 'logging.wandb.mode' is 'ofline'; choose one of online, "
                                            r"offline, disabled \(did you mean 'offline'\?\)$"):
         _logging(wandb={"project": "p", "mode": "ofline"})
-    assert run_logs.tensorboard_dir(_logging(tensorboard="tb"), tmp_path) == tmp_path / "tb"  # the run folder's
-    assert run_logs.tensorboard_dir(_logging(tensorboard="/x/tb"), tmp_path) == Path("/x/tb")
-    assert run_logs.tensorboard_dir(_logging(), tmp_path) is None
+    assert rf.tensorboard_dir(_logging(tensorboard="tb"), tmp_path) == tmp_path / "tb"  # the run folder's
+    assert rf.tensorboard_dir(_logging(tensorboard="/x/tb"), tmp_path) == Path("/x/tb")
+    assert rf.tensorboard_dir(_logging(), tmp_path) is None
 
 
 def test_a_failing_wandb_init_is_one_warning_line_and_tensorboard_goes_on(tmp_path, monkeypatch, capsys):

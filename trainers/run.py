@@ -21,14 +21,19 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"  # a plain optimizer (ZeRO 0, fp32): the same in every process
 
 
-def optimizer_rank_file(rank: int) -> str:
-    """One process's partition of a ZeRO (or bf16) optimizer's state."""
-    return f"optimizer-rank{rank}.safetensors"
 PREDICTIONS = "val_predictions.jsonl"  # the validation generations a checkpoint was scored on
 CONFIG_FILE = "config.json"  # the resolved config, written when the run starts (resume reads it)
 LOCK_FILE = ".lock"  # held (flock) by the one process that writes the run folder; holds its pid
 OUTPUTS = ("model", "soft_prompt", "prompts")  # what finish() writes beside run.json
 TMP, TRASH = ".tmp-", ".trash-"  # being written / being removed: never part of a run, removed on the next start
+# the run logs (trainers/run_logs.py) write these
+TENSORBOARD_DIR = "tensorboard"  # `logging.tensorboard: true`: RUN_DIR/tensorboard
+WANDB_RUN_FILE = "wandb.json"  # {"id", "project", "entity"} of the run's W&B run (--resume continues it)
+
+
+def optimizer_rank_file(rank: int) -> str:
+    """One process's partition of a ZeRO (or bf16) optimizer's state."""
+    return f"optimizer-rank{rank}.safetensors"
 
 
 @contextmanager
@@ -262,14 +267,42 @@ class RunLock:
             self.fd = None
 
 
+def tensorboard_dir(config: dict, run_dir: Path) -> Path | None:
+    """Where `logging.tensorboard` puts the event files, or None (off)."""
+    value = (config.get("logging") or {}).get("tensorboard")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Path(run_dir) / TENSORBOARD_DIR
+    if not isinstance(value, str) or not value.strip():
+        raise FmtspecError(f"config key 'logging.tensorboard' must be true/false or a folder, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def startup_names(run_dir: Path) -> set[str]:
+    """Names in the run folder that logging may write before the first checkpoint (never_started):
+    the W&B id file and the TensorBoard folder (the configured one too, read from the folder's config.json)."""
+    names = {WANDB_RUN_FILE, TENSORBOARD_DIR}
+    try:
+        config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+        folder = tensorboard_dir(config, Path(run_dir))
+    except (OSError, ValueError, AttributeError, FmtspecError):
+        return names
+    if folder is not None:
+        try:
+            names.add(folder.relative_to(run_dir).parts[0])
+        except (ValueError, IndexError):  # outside the run folder
+            pass
+    return names
+
+
 def never_started(run_dir: Path) -> bool:
     """No run.json and no complete checkpoint: what a failed start leaves (config.json, the lock, metrics of steps
     before the first checkpoint, temporary folders). A new start, with or without --resume, takes it over."""
     run_dir = Path(run_dir)
     if checkpoint_steps(run_dir):
         return False
-    from trainers.run_logs import startup_names
-
     startup = {LOCK_FILE, CONFIG_FILE, METRICS, CHECKPOINTS} | startup_names(run_dir)  # + tensorboard/, wandb.json
     return all(p.name in startup or p.name.startswith((TMP, TRASH)) for p in run_dir.iterdir())
 

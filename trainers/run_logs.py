@@ -38,8 +38,6 @@ from pathlib import Path
 from fmtspec.errors import FmtspecError
 from trainers import run as rf
 
-TENSORBOARD_DIR = "tensorboard"  # `logging.tensorboard: true`: RUN_DIR/tensorboard
-WANDB_RUN_FILE = "wandb.json"  # {"id", "project", "entity"} of the run's W&B run (--resume continues it)
 WANDB_MODES = ("online", "offline", "disabled")
 NOT_LOGGED = ("step", "stage")  # the x-axis, and the stage number (in metrics.jsonl only)
 
@@ -50,19 +48,6 @@ def _installed(package: str) -> bool:
 
 def _warn(message: str) -> None:
     print(f"fmtspec train: warning: {message}", file=sys.stderr, flush=True)
-
-
-def tensorboard_dir(config: dict, run_dir: Path) -> Path | None:
-    """Where `logging.tensorboard` puts the event files, or None (off)."""
-    value = (config.get("logging") or {}).get("tensorboard")
-    if value is None or value is False:
-        return None
-    if value is True:
-        return Path(run_dir) / TENSORBOARD_DIR
-    if not isinstance(value, str) or not value.strip():
-        raise FmtspecError(f"config key 'logging.tensorboard' must be true/false or a folder, got {value!r}")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else Path(run_dir) / path
 
 
 def wandb_settings(config: dict) -> dict | None:
@@ -82,29 +67,12 @@ def wandb_settings(config: dict) -> dict | None:
 def check(config: dict, run_dir: Path | str = ".") -> None:
     """The `logging` section's problems, in one line, before anything trains (every process; and `fmtspec
     experiment` for each run when it reads the experiment): a writer that is configured but not installed."""
-    if tensorboard_dir(config, Path(run_dir)) is not None and not _installed("tensorboard"):
+    if rf.tensorboard_dir(config, Path(run_dir)) is not None and not _installed("tensorboard"):
         raise FmtspecError("config key 'logging.tensorboard' needs the tensorboard package: pip install tensorboard "
                            "(or remove logging.tensorboard)")
     if wandb_settings(config) is not None and not _installed("wandb"):
         raise FmtspecError("config key 'logging.wandb' needs the wandb package: pip install wandb "
                            "(or remove logging.wandb)")
-
-
-def startup_names(run_dir: Path) -> set[str]:
-    """Names in the run folder that logging may write before the first checkpoint (trainers.run.never_started):
-    the W&B id file and the TensorBoard folder (the configured one too, read from the folder's config.json)."""
-    names = {WANDB_RUN_FILE, TENSORBOARD_DIR}
-    try:
-        config = json.loads((Path(run_dir) / rf.CONFIG_FILE).read_text())
-        folder = tensorboard_dir(config, Path(run_dir))
-    except (OSError, ValueError, AttributeError, FmtspecError):
-        return names
-    if folder is not None:
-        try:
-            names.add(folder.relative_to(run_dir).parts[0])
-        except (ValueError, IndexError):  # outside the run folder
-            pass
-    return names
 
 
 def _new_id() -> str:
@@ -118,7 +86,7 @@ class RunLogs:
     def __init__(self, config: dict, run_dir: Path, *, write: bool = True):
         self.config, self.run_dir = config, Path(run_dir)
         check(config, self.run_dir)
-        self.tensorboard = tensorboard_dir(config, self.run_dir)
+        self.tensorboard = rf.tensorboard_dir(config, self.run_dir)
         self.wandb = wandb_settings(config)
         self.write = write and (self.tensorboard is not None or self.wandb is not None)
         # a resumed run continues after its newest checkpoint (trainers.recipes.open_run); a new one at step 1
@@ -168,7 +136,7 @@ class RunLogs:
 
     def _open_wandb(self) -> None:
         settings = self.wandb
-        id_file = self.run_dir / WANDB_RUN_FILE
+        id_file = self.run_dir / rf.WANDB_RUN_FILE
         try:
             saved = json.loads(id_file.read_text()) if id_file.is_file() else {}
         except (OSError, ValueError):
