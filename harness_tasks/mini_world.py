@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from fmtspec.atomic_files import write_text_atomically
 from fmtspec.errors import FmtspecError
 from harness_tasks.records import DATA_DIR_ENV, read_jsonl
 
@@ -248,11 +249,7 @@ def generate(seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None,
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # never a half-written split
+    write_text_atomically(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def write_world(output: str | os.PathLike, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None) -> Path:

@@ -6,11 +6,10 @@ Import-light: matplotlib is imported only when --plots is given; torch and lm_ev
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from fmtspec import atomic_files
 from fmtspec.errors import FmtspecError
 
 
@@ -50,15 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Never leave a half-written board: write beside it, then rename."""
-    tmp = None
+    """Never leave a half-written board (fmtspec.atomic_files); a write that fails is one line."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_files.write_text_atomically(path, text)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise FmtspecError(f"cannot write {path}: {exc.strerror or exc}") from None

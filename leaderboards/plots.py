@@ -3,10 +3,9 @@ and training-loss curves from run folders' metrics.jsonl. Uses matplotlib's obje
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from fmtspec.atomic_files import write_atomically
 from fmtspec.errors import FmtspecError
 from leaderboards.board import Board, seed_groups, seed_stem
 from leaderboards.results import read_metrics_jsonl
@@ -222,14 +221,9 @@ def _loss(board: Board):
 
 
 def _save(figure, path: Path) -> Path:
-    """Render beside the target, then rename: no half-written PNG."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Render beside the target, then rename (fmtspec.atomic_files): no half-written PNG."""
     try:
-        figure.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is for sharing
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise FmtspecError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path

@@ -12,9 +12,10 @@ LAYERS = ("core", "tasks", "training and scoring", "leaderboards", "pipeline", "
 PACKAGE_LAYERS = {"fmtspec": "pipeline", "harness_tasks": "tasks", "trainers": "training and scoring",
                   "model_adapters": "training and scoring", "leaderboards": "leaderboards"}
 MODULE_LAYERS = {
-    # what every package imports: the error type, the run-folder reader, the sentinel lookup, the plugin hook
+    # what every package imports: the error type, the atomic file writer, the run-folder reader, the sentinel
+    # lookup, the plugin hook
     "fmtspec.errors": "core", "fmtspec.run_folder": "core", "fmtspec.sentinels": "core",
-    "fmtspec.lm_eval_plugin": "core", "fmtspec": "core",
+    "fmtspec.lm_eval_plugin": "core", "fmtspec.atomic_files": "core", "fmtspec": "core",
     # the commands
     "fmtspec.cli": "cli", "fmtspec.__main__": "cli", "fmtspec.diagnose_cli": "cli", "leaderboards.__main__": "cli",
 }

@@ -12,6 +12,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from fmtspec.atomic_files import TMP_PREFIX, write_text_atomically
 from fmtspec.errors import FmtspecError
 from fmtspec.run_folder import ASIDE, FORMAT, MANIFEST
 
@@ -25,7 +26,7 @@ PREDICTIONS = "val_predictions.jsonl"  # the validation generations a checkpoint
 CONFIG_FILE = "config.json"  # the resolved config, written when the run starts (resume reads it)
 LOCK_FILE = ".lock"  # held (flock) by the one process that writes the run folder; holds its pid
 OUTPUTS = ("model", "soft_prompt", "prompts")  # what finish() writes beside run.json
-TMP, TRASH = ".tmp-", ".trash-"  # being written / being removed: never part of a run, removed on the next start
+TMP, TRASH = TMP_PREFIX, ".trash-"  # being written / being removed: never part of a run, removed on the next start
 # the run logs (trainers/run_logs.py) write these
 TENSORBOARD_DIR = "tensorboard"  # `logging.tensorboard: true`: RUN_DIR/tensorboard
 WANDB_RUN_FILE = "wandb.json"  # {"id", "project", "entity"} of the run's W&B run (--resume continues it)
@@ -95,9 +96,7 @@ def recover(folder: Path) -> None:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.parent / f"{TMP}{path.name}-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def weights_digest(state_dict) -> str:
@@ -145,9 +144,7 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    tmp = path.parent / f"{TMP}{path.name}-{os.getpid()}"
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(kept))
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
