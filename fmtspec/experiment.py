@@ -180,7 +180,8 @@ def _read_yaml(path: Path) -> dict:
 def load_experiment(path: str | Path, output: str | Path | None = None) -> Experiment:
     """Read and check the whole experiment (every run's training config too) before any work."""
     from trainers import run_logs
-    from trainers.config import METHODS, load_config, merge
+    from trainers.config import load_config, merge
+    from trainers.methods import METHODS
 
     source = Path(path)
     if not source.is_file():

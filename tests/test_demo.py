@@ -43,7 +43,7 @@ def test_demo_runs_the_tiny_and_the_miniature_experiments_offline(captured, tmp_
     from fmtspec.cli import main
     from fmtspec.experiment import PRETRAINED
     from harness_tasks.mini_world import default_world
-    from trainers.config import FINETUNE_METHODS
+    from trainers.methods import FINETUNE_METHODS
 
     assert main(["demo", "--output", str(tmp_path / "demo_out"), "--limit", "3"]) == 0
     (tiny, tiny_env, tiny_board), (mini, mini_env, mini_board) = captured["runs"]

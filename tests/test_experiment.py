@@ -97,7 +97,7 @@ def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
 def test_shipped_experiments_are_valid(tmp_path):
     """experiments/*.yaml (the papers' tables, for GPUs, and the demo) load with every run's config checked."""
     from fmtspec.experiment import PRETRAINED, load_experiment
-    from trainers.config import FINETUNE_METHODS
+    from trainers.methods import FINETUNE_METHODS
 
     files = sorted((REPO / "experiments").glob("*.yaml"))
     assert len(files) >= 5
@@ -175,7 +175,8 @@ def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
     from collections import Counter
 
     from fmtspec.experiment import PRETRAINED, load_experiment
-    from trainers.config import FINETUNE_METHODS, load_config
+    from trainers.config import load_config
+    from trainers.methods import FINETUNE_METHODS
 
     exp = load_experiment(REPO / "experiments" / "mini.yaml", tmp_path / "mini")
     assert exp.base_model == str(REPO / "models" / "mini_pretrained" / "model")

@@ -21,9 +21,7 @@ from typing import Any
 
 from fmtspec.errors import FmtspecError, did_you_mean
 
-# The ways of fine-tuning a pretrained model that the papers compare, and pretraining from scratch.
-FINETUNE_METHODS = ("finetune", "prompt_tuning", "promot", "joint", "random_prompt")
-METHODS = FINETUNE_METHODS + ("pretrain",)
+from trainers.methods import METHODS
 SCRATCH_PREFIX = "mini:"  # `model: mini:bart`: a random model on the miniature world's word tokenizer
 SCRATCH_KINDS = ("bart",)
 

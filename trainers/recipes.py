@@ -1,5 +1,5 @@
-"""Every fine-tuning method as a list of stages over one prompted model (the methods differ only in
-what each stage trains), and `train()`, which builds the run and writes its folder.
+"""The run of a method (trainers/methods.py: its stages) over one prompted model: `plan`, `build_trainer`,
+and `train()`, which builds the run and writes its folder. The methods:
 
     finetune       model                                      (standard fine-tuning)
     prompt_tuning  prompt                                     (model frozen)
@@ -19,29 +19,18 @@ from trainers import run as rf
 from trainers.config import config_hash, is_scratch
 from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, partition_rest,
                              partitioned_loading, single_process_env, state_digest, steps_for, stop_on_signals)
+from trainers.methods import REGISTRY
 from trainers.scratch import build_scratch
 
-PROMPT_METHODS = ("prompt_tuning", "promot", "joint", "random_prompt")
-
-
 def plan(config: dict, n_examples: int) -> list[Stage]:
-    """The stages of `config["method"]`, with steps resolved (epochs count the whole mixture)."""
-    method, batch = config["method"], config["batch_size"]
-    pt, mt = config["prompt_training"], config["model_training"]
-
-    def stage(number, trains, section, lr=None):
-        return Stage(number, trains, steps_for(section, n_examples, batch), lr or section["lr"],
-                     section["eval_every"])
-
-    if method in ("finetune", "random_prompt", "pretrain"):
-        return [stage(1, ("model",), mt)]
-    if method == "prompt_tuning":
-        return [stage(1, ("prompt",), pt)]
-    if method == "joint":
-        return [stage(1, ("model", "prompt"), mt)]
-    if config["stage1"] == "lora":
-        return [stage(1, ("lora",), pt, config["lora"]["lr"]), stage(2, ("model",), mt)]
-    return [stage(1, ("prompt",), pt), stage(2, ("model",), mt)]
+    """The stages of `config["method"]` (trainers/methods.py), with steps resolved (epochs count the whole
+    mixture)."""
+    stages = []
+    for number, spec in enumerate(REGISTRY[config["method"]].stages(config), 1):
+        section = config[spec.section]
+        stages.append(Stage(number, spec.trains, steps_for(section, n_examples, config["batch_size"]),
+                            spec.lr(config) if spec.lr else section["lr"], section["eval_every"]))
+    return stages
 
 
 def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
@@ -147,7 +136,8 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
 
         return feature
 
-    lora = config["method"] == "promot" and config["stage1"] == "lora"
+    method = REGISTRY[config["method"]]
+    lora = any("lora" in spec.trains for spec in method.stages(config))
     if lora:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -157,9 +147,9 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
                                                    task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM"),
                                         model)
     prompts = None
-    if config["method"] in PROMPT_METHODS and not lora:
+    if method.prompt(config):
         pc = config["prompt"]
-        init = "uniform" if config["method"] == "random_prompt" else pc["init"]
+        init = method.prompt_init or pc["init"]
         prompts = [init_prompt(model, tokenizer, length=pc["length"], init=init, init_range=pc["init_range"],
                                init_text=pc["init_text"], vocab_top=pc["vocab_top"], seed=config["seed"] + t)
                    for t in range(len(tasks))]
