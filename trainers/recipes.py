@@ -22,6 +22,7 @@ from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main,
 from trainers.methods import REGISTRY
 from trainers.scratch import build_scratch
 
+
 def plan(config: dict, n_examples: int) -> list[Stage]:
     """The stages of `config["method"]` (trainers/methods.py), with steps resolved (epochs count the whole
     mixture)."""
