@@ -419,13 +419,17 @@ class _GatheringState(dict):
 
 
 def state_digest(model) -> str:
-    """`rf.weights_digest` of the model's state dict. Of a ZeRO-3 model, each partitioned tensor is gathered
-    alone while it is hashed (a collective: every process calls this, and all gather in name order), so that
-    no process holds more than one whole tensor beyond its slices."""
-    state = model.state_dict(keep_vars=True)
-    if not any(hasattr(t, "ds_id") for t in state.values()):
-        return rf.weights_digest(model.state_dict())
-    return rf.weights_digest(_GatheringState(state))
+    """`rf.weights_digest` of the model's state dict (see `digest_of`)."""
+    return digest_of(model.state_dict(keep_vars=True))
+
+
+def digest_of(state: dict) -> str:
+    """`rf.weights_digest` of a `state_dict(keep_vars=True)`. Its ZeRO-3 tensors are gathered alone while they
+    are hashed (a collective: every process calls this, and all gather in name order), so that no process holds
+    more than one whole tensor beyond its slices."""
+    if any(hasattr(t, "ds_id") for t in state.values()):
+        return rf.weights_digest(_GatheringState(state))
+    return rf.weights_digest(state)
 
 
 def make_optimizer(params, config: dict, lr: float, module=None):
@@ -561,9 +565,7 @@ class Trainer:
 
     def model_digest(self) -> str:
         """`rf.weights_digest(model_state())`, the same in every process (a collective under ZeRO-3)."""
-        if not self.zero3:
-            return rf.weights_digest(self.model_state())
-        return rf.weights_digest(_GatheringState(self.model_state(keep_vars=True)))
+        return digest_of(self.model_state(keep_vars=True))
 
     @torch.no_grad()
     def load_model_files(self, files: list[Path]) -> None:
