@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 # name -> (module, one-line help). The module's top level must import nothing heavy.
 COMMANDS = {

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "harness_tasks" / "fixtures"

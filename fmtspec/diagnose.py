@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 MODULES = ("mlp", "q", "k", "v")
 # Parameter names (inside one layer) of each module, for T5/mT5, Llama-style and GPT-2 models.
@@ -43,12 +43,13 @@ def specialization_table(points: list[tuple[int, Path]], run_dir: Path | None = 
     """[(step, lm-eval results file)] -> per step: each task's primary score (0-100) and fmt_label_share,
     their means over the unseen tasks, and the run's own validation metrics at that step."""
     from harness_tasks.catalog import MINI, SUITE, parse_task_name
-    from leaderboards.results import load_results_file, metric_value, read_metrics_jsonl
+    from fmtspec.core.run_folder import read_metrics
+    from leaderboards.results import load_results_file, metric_value
 
     suite = {info.key for info in SUITE + MINI}  # "unseen": the tasks of other formats than the target
     val = {}
     if run_dir is not None:
-        for row in read_metrics_jsonl(run_dir):
+        for row in read_metrics(run_dir):
             if any(k.startswith("val_") for k in row):
                 val[int(row["step"])] = {k: v for k, v in row.items() if k.startswith("val_")}
     rows = []
@@ -191,28 +192,17 @@ def cosine(a, b) -> float | None:
     return float((a.double() @ b.double()) / (a.double().norm() * b.double().norm()))
 
 
-def _checkpoint_parts(run_dir: Path, manifest: dict, step) -> tuple[str, Path | None, str]:
+def _checkpoint_parts(run_dir: Path, step) -> tuple[str, Path | None, str]:
     """(model to load, soft-prompt folder or None, step name) of a step of the run."""
-    from fmtspec.run_folder import model_path, prompt_paths
-    from trainers import run as rf
+    from fmtspec.core.run_folder import checkpoint_manifest, model_path
 
-    task = manifest["tasks"][0]["name"]
-    if step == "final":
-        prompt = prompt_paths(run_dir, manifest).get(task)
-        return model_path(run_dir, manifest), prompt, "final"
-    if int(step) == 0:
-        return manifest["base_model"], None, "0"
-    ckpt = rf.checkpoint_dir(run_dir, int(step))
-    if not (ckpt / rf.TRAINER_STATE).is_file():
-        raise FmtspecError(f"{run_dir} has no checkpoint step-{step} (it has: "
-                           f"{', '.join(map(str, rf.checkpoint_steps(run_dir))) or 'none'})")
-    model = str(ckpt / "model") if (ckpt / "model").is_dir() else manifest["base_model"]
-    prompt = ckpt / rf.prompt_folder(task, len(manifest["tasks"]), manifest.get("prompt_type") == "lora")
-    return model, prompt if prompt.is_dir() else None, str(step)
+    view = checkpoint_manifest(run_dir, step)
+    prompt = view["prompts"].get(view["tasks"][0]["name"])
+    return model_path(run_dir, view), Path(prompt) if prompt else None, str(step)
 
 
 def resolve_steps(run_dir: Path, steps) -> list:
-    from trainers import run as rf
+    from fmtspec.core import run_folder as rf
 
     if isinstance(steps, str):
         steps = [s.strip() for s in steps.split(",") if s.strip()]
@@ -249,7 +239,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
     """Cosine(full gradient, format gradient) per module at each step; see the module docstring."""
     from tqdm.auto import tqdm
 
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
     from model_adapters.soft_prompt import load_soft_prompt
     from trainers.data import Encoder, collate, render_examples, sample_seed
     from trainers.recipes import load_model
@@ -269,7 +259,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
                            "across the batch)")
     from transformers import AutoTokenizer
 
-    from fmtspec.run_folder import tokenizer_path
+    from fmtspec.core.run_folder import tokenizer_path
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(run_dir, manifest))  # as training cut articles
     # the run's training sample and demonstrations (from its split; a run recorded before data.seed existed
@@ -280,7 +270,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
     plan = alignment_batches(len(examples), batches, batch_size, seed)
     result = {"run": str(run_dir), "task": task, "layer": layer, "batches": batches, "batch_size": batch_size,
               "seed": seed, "modules": list(MODULES), "plan": plan, "steps": []}
-    parts = [_checkpoint_parts(run_dir, manifest, step) for step in resolve_steps(run_dir, steps)]  # check all first
+    parts = [_checkpoint_parts(run_dir, step) for step in resolve_steps(run_dir, steps)]  # check all first
     for model_path, prompt_dir, name in tqdm(parts, desc="gradient alignment", dynamic_ncols=True):
         model, tokenizer, encoder_decoder = load_model(model_path, dropout=None)
         model.eval()  # no dropout: both gradients see the same network

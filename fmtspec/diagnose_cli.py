@@ -15,21 +15,21 @@ import argparse
 from pathlib import Path
 
 from fmtspec.diagnose import MODULES, alignment_for_run, specialization_table, write_alignment, write_specialization
-from fmtspec.errors import FmtspecError
-from fmtspec.experiment import _task_list, checkpoint_view, run_scores, say, score_job
+from fmtspec.core.errors import FmtspecError
+from fmtspec.experiment import _task_list, run_scores, say, score_job
 
 
 def specialization_for_run(run_dir: Path, tasks: list[str], out_dir: Path, settings: dict) -> list[Path]:
     """Score each checkpoint of `run_dir` with lm_eval (skipping what is done; the rest in one lm_eval
     process) and write the diagnostic."""
-    from trainers import run as rf
+    from fmtspec.core import run_folder as rf
 
     steps = rf.checkpoint_steps(run_dir)
     if not steps:
         raise FmtspecError(f"{run_dir} has no checkpoints (checkpoints/step-N) to score")
     jobs = []
     for step in [0, *steps]:  # 0: the model the run started from
-        view = checkpoint_view(run_dir, step, out_dir / "checkpoints" / f"step-{step}")
+        view = rf.write_checkpoint_view(run_dir, step, out_dir / "checkpoints" / f"step-{step}")
         jobs.append((step, score_job({"pretrained": str(view)}, tasks, view / "lm_eval", settings,
                                      out_dir / "logs" / f"step-{step}.lm_eval.log",
                                      what=f"lm_eval on checkpoint step-{step}", newer_than=run_dir / "run.json")))
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
 
     run_dir = Path(args.run_dir).resolve()
     read_manifest(run_dir)  # one clear line when it is not a (complete) run folder

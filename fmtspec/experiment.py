@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmtspec import diagnose
-from fmtspec.errors import FmtspecError, did_you_mean
+from fmtspec.core.errors import FmtspecError, did_you_mean
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = "pretrained"  # the method of a run that is only scored
@@ -727,7 +727,7 @@ def resolve_model(exp: Experiment, model: str | None) -> str | None:
 def pretrained_base(exp: Experiment, model: str) -> str:
     """The model folder of the `pretrain:<config>` base (trainers.pretrain.cached_base: the shipped base, or
     one keyed by the config and the data, so the base is pretrained once for every run and later experiment)."""
-    from fmtspec.run_folder import model_path, read_manifest
+    from fmtspec.core.run_folder import model_path, read_manifest
     from trainers.pretrain import find_base
 
     if model not in exp.bases:
@@ -791,7 +791,7 @@ def resolved_config(exp: Experiment, spec: RunSpec) -> tuple[dict, dict]:
 def check_trained_configs(exp: Experiment) -> None:
     """Before any work: a finished run trained with another config than the experiment asks for is an error,
     never silently reused. A config key added since the run was trained counts as its default value there."""
-    from fmtspec.run_folder import is_run_folder, read_manifest
+    from fmtspec.core.run_folder import is_run_folder, read_manifest
     from trainers.config import defaults, merge
 
     for spec in exp.runs:
@@ -815,7 +815,7 @@ def train_run(exp: Experiment, spec: RunSpec, stream: bool = False, devices: lis
     (default: every GPU of the experiment; none on a CPU machine), see train_command."""
     import yaml
 
-    from fmtspec.run_folder import is_run_folder
+    from fmtspec.core.run_folder import is_run_folder
 
     run_dir = exp.run_dir(spec.label)
     if is_run_folder(run_dir):
@@ -991,38 +991,9 @@ def _finished_score(marker: Path, key: dict, tasks: list[str], newer_than: Path 
     return results
 
 
-def checkpoint_view(run_dir: Path, step: int, view_dir: Path) -> Path:
-    """A run.json that presents `run_dir/checkpoints/step-N` as a run folder, so that `promot_hf` loads the
-    checkpoint's model (or the run's start model where that stage left it unchanged) and prompts.
-    Step 0 is the model the run started from, without prompts."""
-    from fmtspec.run_folder import read_manifest
-    from trainers import run as rf
-
-    manifest = read_manifest(run_dir)
-    ckpt = rf.checkpoint_dir(run_dir, step).resolve()
-    if step != 0 and not (ckpt / rf.TRAINER_STATE).is_file():
-        raise FmtspecError(f"{run_dir} has no complete checkpoint step-{step}")
-    n = len(manifest.get("tasks") or [])
-    lora = manifest.get("prompt_type") == "lora"
-    prompts = {}
-    for task in manifest.get("prompts") or {}:
-        folder = ckpt / rf.prompt_folder(task, n, lora)
-        if step != 0 and folder.is_dir():
-            prompts[task] = str(folder)
-    model = str(ckpt / "model") if step != 0 and (ckpt / "model").is_dir() else None
-    view = {**manifest, "model": model, "prompts": prompts, "checkpoint": {"step": step},
-            "view_of": str(run_dir.resolve())}
-    view_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(view, indent=2) + "\n"
-    path = view_dir / "run.json"
-    if not path.is_file() or path.read_text() != text:  # keep its mtime when nothing changed
-        path.write_text(text)
-    return view_dir
-
-
 def final_job(exp: Experiment, spec: RunSpec) -> ScoreJob:
     """lm_eval of the run's chosen checkpoint on the experiment's tasks, into results/<label>."""
-    from fmtspec.run_folder import MANIFEST
+    from fmtspec.core.run_folder import MANIFEST
 
     if spec.method == PRETRAINED:
         target, newer_than = resolve_model(exp, spec.model), None
@@ -1036,8 +1007,8 @@ def final_job(exp: Experiment, spec: RunSpec) -> ScoreJob:
 def checkpoint_jobs(exp: Experiment, spec: RunSpec, finals: dict[str, ScoreJob]) -> list[tuple[int, ScoreJob]]:
     """lm_eval of every intermediate checkpoint of a run on `checkpoint_tasks`: [(step, job)]. Step 0 (the
     start model) is the pretrained run of the same model where it scores those tasks, else scored too."""
-    from fmtspec.run_folder import read_manifest
-    from trainers import run as rf
+    from fmtspec.core.run_folder import read_manifest
+    from fmtspec.core import run_folder as rf
 
     run_dir = exp.run_dir(spec.label)
     start = read_manifest(run_dir).get("base_model")
@@ -1045,7 +1016,7 @@ def checkpoint_jobs(exp: Experiment, spec: RunSpec, finals: dict[str, ScoreJob])
               if other.method == PRETRAINED and resolve_model(exp, other.model) == start
               and set(_leaf_tasks(exp.checkpoint_tasks)) <= set(_leaf_tasks(exp.tasks))][:1]
     for step in ([] if points else [0]) + rf.checkpoint_steps(run_dir):
-        view = checkpoint_view(run_dir, step, exp.output / "checkpoints" / spec.label / f"step-{step}")
+        view = rf.write_checkpoint_view(run_dir, step, exp.output / "checkpoints" / spec.label / f"step-{step}")
         points.append((step, score_job({"pretrained": str(view)}, exp.checkpoint_tasks, view / "lm_eval",
                                        exp.lm_eval, exp.output / "logs" / f"{spec.label}.step-{step}.lm_eval.log",
                                        what=f"lm_eval on run '{spec.label}' checkpoint step-{step}",

@@ -32,7 +32,7 @@ import re
 import string
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks.mini_world import bart_config
 
 KINDS = ("t5", "mt5", "llama", "gpt2")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks import mini_world
 from harness_tasks.formats import FORMATS
 from harness_tasks.records import DATA_DIR_ENV, Records, read_jsonl, undecodable

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks import catalog
 from harness_tasks.data import DATA, load_split
 from harness_tasks.formats import FORMATS, cut_articles

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks import mini_world
 
 # Summarization inputs are cut to this many tokens of the model's tokenizer: seed 002, section 5.1 ("For

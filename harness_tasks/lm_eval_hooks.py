@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from fmtspec.errors import install_excepthook
+from fmtspec.core.errors import install_excepthook
 from harness_tasks.data import load_dataset_dict
 from harness_tasks.formats import FORMATS, SUMMARY_MAX_TOKENS, cut_articles
 from harness_tasks.metrics import process_results
@@ -43,7 +43,7 @@ def model_tokenizer(metadata: dict, key: str):
     None, with a warning, when there is no such argument (a model built in Python) or it cannot be loaded."""
     from transformers import PreTrainedTokenizerBase
 
-    from fmtspec import run_folder
+    from fmtspec.core import run_folder
 
     name = metadata.get("tokenizer") or metadata.get("pretrained")
     if isinstance(name, PreTrainedTokenizerBase):

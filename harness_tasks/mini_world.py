@@ -27,12 +27,11 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from fmtspec.atomic_files import write_text_atomically
-from fmtspec.errors import FmtspecError
+from fmtspec.core.atomic_files import atomic_folder, write_text_atomically
+from fmtspec.core.errors import FmtspecError
 from harness_tasks.records import DATA_DIR_ENV, read_jsonl
 
 VERSION = 1  # bump when a rule or template changes: cached worlds are keyed by it
@@ -273,26 +272,19 @@ def cache_dir() -> Path:
 
 def default_world(seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None) -> Path:
     """The folder of the world (seed, sizes), generated on first use into the cache; safe to call from
-    concurrent processes (each writes a private folder and renames it into place)."""
+    concurrent processes (atomic_folder: each writes a private folder, the first complete one wins)."""
     sizes = _check_sizes(sizes or {})
     tag = hashlib.sha256(json.dumps([VERSION, seed, sizes], sort_keys=True).encode()).hexdigest()[:10]
     folder = cache_dir() / "mini_world" / f"v{VERSION}-seed{seed}-{tag}"
     if (folder / MANIFEST).is_file():
         return folder
-    tmp = None
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-        write_world(tmp, seed, sizes)
-        os.replace(tmp, folder)
+        with atomic_folder(folder, replace=False) as tmp:
+            write_world(tmp, seed, sizes)
     except OSError as exc:
-        if not (folder / MANIFEST).is_file():  # not another process winning the race: a real error
-            raise FmtspecError(f"cannot write the miniature world into {folder} ({exc.strerror or exc}); set "
-                               f"${CACHE_ENV} to a writable folder, or $FMTSPEC_DATA_DIR to a generated "
-                               "world") from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        raise FmtspecError(f"cannot write the miniature world into {folder} ({exc.strerror or exc}); set "
+                           f"${CACHE_ENV} to a writable folder, or $FMTSPEC_DATA_DIR to a generated "
+                           "world") from None
     return folder
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 DATA_DIR_ENV = "FMTSPEC_DATA_DIR"
 

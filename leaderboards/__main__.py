@@ -3,7 +3,7 @@
 import sys
 
 from fmtspec.cli import _Parser
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from leaderboards.cli import add_arguments, run
 
 

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fmtspec import atomic_files
-from fmtspec.errors import FmtspecError
+from fmtspec.core import atomic_files
+from fmtspec.core.errors import FmtspecError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Never leave a half-written board (fmtspec.atomic_files); a write that fails is one line."""
+    """Never leave a half-written board (fmtspec.core.atomic_files); a write that fails is one line."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_files.write_text_atomically(path, text)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fmtspec.atomic_files import write_atomically
-from fmtspec.errors import FmtspecError
+from fmtspec.core.atomic_files import write_atomically
+from fmtspec.core.errors import FmtspecError
 from leaderboards.board import Board, seed_groups, seed_stem
-from leaderboards.results import read_metrics_jsonl
+from fmtspec.core.run_folder import read_metrics
 
 DPI = 150
 
@@ -181,7 +181,7 @@ def _loss(board: Board):
         if checkpoint.run_dir is None or checkpoint.run_dir.resolve() in seen or stem in seen:
             continue
         seen |= {checkpoint.run_dir.resolve(), stem}
-        rows = read_metrics_jsonl(checkpoint.run_dir)
+        rows = read_metrics(checkpoint.run_dir)
         if any(isinstance(row.get("loss"), (int, float)) for row in rows):
             label = checkpoint.label.removesuffix(f"/{checkpoint.run_checkpoint}") if checkpoint.run_checkpoint \
                 else checkpoint.label
@@ -221,7 +221,7 @@ def _loss(board: Board):
 
 
 def _save(figure, path: Path) -> Path:
-    """Render beside the target, then rename (fmtspec.atomic_files): no half-written PNG."""
+    """Render beside the target, then rename (fmtspec.core.atomic_files): no half-written PNG."""
     try:
         write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     except OSError as exc:

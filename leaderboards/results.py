@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
-from fmtspec.run_folder import is_run_folder, read_manifest
+from fmtspec.core.errors import FmtspecError
+from fmtspec.core.run_folder import is_run_folder, read_manifest
 from harness_tasks.catalog import GROUPS, parse_task_name
 from harness_tasks.metrics import metric_range
 
@@ -326,26 +326,4 @@ def _path_label(given: Path, folder: Path, checkpoint: Checkpoint, several: bool
     return "/".join(rel)
 
 
-def read_metrics_jsonl(run_dir: Path) -> list[dict]:
-    """The run's logged steps (`metrics.jsonl`); [] when it has none."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # a run still writing its last line
-                break
-            raise FmtspecError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-            rows.append(row)
-    return rows
-
-
-__all__ = ["Checkpoint", "load_checkpoints", "load_results_file", "metric_value",
-           "read_metrics_jsonl", "task_entries"]
+__all__ = ["Checkpoint", "load_checkpoints", "load_results_file", "metric_value", "task_entries"]

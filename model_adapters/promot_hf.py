@@ -42,9 +42,9 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from fmtspec import run_folder
-from fmtspec.errors import FmtspecError, install_excepthook, raised_in
-from fmtspec.sentinels import sentinel_ids
+from fmtspec.core import run_folder
+from fmtspec.core.errors import FmtspecError, install_excepthook, raised_in
+from fmtspec.core.sentinels import sentinel_ids
 from model_adapters.soft_prompt import CONFIG_FILE, check_width, load_soft_prompt, read_adapter_type
 from model_adapters.stop_strings import CONTEXT, StopStrings, TokenText
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks.data import DATA, hash_split, load_split, read_jsonl
 from harness_tasks.examples import load_docs, render
 from harness_tasks.formats import FORMATS

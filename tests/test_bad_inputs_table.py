@@ -258,11 +258,11 @@ def test_every_bad_input_is_one_line_and_loses_nothing(world, capsys, monkeypatc
         if row.untouched:
             assert digest(row.untouched) == before[row.name], row.name
         if row.not_started:
-            from trainers.run import never_started
+            from fmtspec.core.run_folder import never_started
 
             assert not row.not_started.exists() or never_started(row.not_started), row.name
     # the finished run is still a run readers load
-    from fmtspec.run_folder import model_path, read_manifest
+    from fmtspec.core.run_folder import model_path, read_manifest
 
     manifest = read_manifest(world["run"])
     assert Path(model_path(world["run"], manifest), "model.safetensors").is_file()

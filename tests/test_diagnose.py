@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "harness_tasks" / "fixtures"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
@@ -249,7 +249,7 @@ def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path
     pretrained on first use, found in the cache after; the pretrained run scores it and the trained runs
     (one per seed) start from it."""
     from fmtspec.experiment import load_experiment, resolve_model, train_run
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
     from harness_tasks.mini_world import write_world
     from trainers.config import load_config
     from trainers.pretrain import cache_root, cached_base
@@ -353,7 +353,7 @@ def results_of(folder):
 
 @pytest.mark.slow
 def test_experiment_writes_every_file(experiment):
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
 
     exp, log = experiment
     out = exp.output

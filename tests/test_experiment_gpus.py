@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import fmtspec.experiment as experiment
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = """\

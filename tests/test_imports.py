@@ -11,21 +11,23 @@ PACKAGES = ("fmtspec", "harness_tasks", "trainers", "model_adapters", "leaderboa
 LAYERS = ("core", "tasks", "training and scoring", "leaderboards", "pipeline", "cli")
 PACKAGE_LAYERS = {"fmtspec": "pipeline", "harness_tasks": "tasks", "trainers": "training and scoring",
                   "model_adapters": "training and scoring", "leaderboards": "leaderboards"}
+# a module or a subpackage (and all in it) whose layer is not its package's
 MODULE_LAYERS = {
-    # what every package imports: the error type, the atomic file writer, the run-folder reader, the sentinel
-    # lookup, the plugin hook
-    "fmtspec.errors": "core", "fmtspec.run_folder": "core", "fmtspec.sentinels": "core",
-    "fmtspec.lm_eval_plugin": "core", "fmtspec.atomic_files": "core", "fmtspec": "core",
+    "fmtspec.core": "core",  # what every package imports: errors, the atomic writer, the run folder, the schema
     # the commands
     "fmtspec.cli": "cli", "fmtspec.__main__": "cli", "fmtspec.diagnose_cli": "cli", "leaderboards.__main__": "cli",
 }
 
 
 def modules() -> dict[str, Path]:
+    """Every module of the packages and of their subpackages (folders with an __init__.py)."""
     found = {}
     for package in PACKAGES:
-        for path in sorted((REPO / package).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if not all((REPO.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts))):
+                continue  # a task's lm-eval hook file, a fixture builder: not in a package
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
 
@@ -42,13 +44,18 @@ def imports(path: Path, known: dict) -> set[str]:
 
 
 def layer(module: str) -> int:
-    return LAYERS.index(MODULE_LAYERS.get(module) or PACKAGE_LAYERS[module.split(".")[0]])
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):  # the longest prefix named in MODULE_LAYERS
+        if ".".join(parts[:i]) in MODULE_LAYERS:
+            return LAYERS.index(MODULE_LAYERS[".".join(parts[:i])])
+    return LAYERS.index(PACKAGE_LAYERS[parts[0]])
 
 
 def graph() -> dict[str, set[str]]:
     known = modules()
-    # a package's empty __init__ is imported by every `from pkg.x import`: not an edge of its own
-    return {m: {t for t in imports(p, known) if t != m and t not in PACKAGES} for m, p in known.items()}
+    # a package's __init__ is imported by every `from pkg.x import`: not an edge of its own
+    return {m: {t for t in imports(p, known) if t != m and t not in PACKAGES and not m.startswith(f"{t}.")}
+            for m, p in known.items()}
 
 
 def test_imports_go_down_the_layers():
@@ -104,10 +111,12 @@ def test_the_walk_sees_function_level_imports_and_a_circle(tmp_path):
     """The checks can fail: a function-level import is an edge, and two modules importing each other are caught."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"
     a.write_text("def f():\n    from trainers import recipes\n")
-    b.write_text("import fmtspec.errors\nfrom fmtspec import experiment\n")
+    b.write_text("import fmtspec.core.errors\nfrom fmtspec import experiment\n")
     known = modules()
     assert imports(a, known) == {"trainers", "trainers.recipes"}
-    assert imports(b, known) == {"fmtspec", "fmtspec.errors", "fmtspec.experiment"}
-    assert layer("trainers.recipes") > layer("harness_tasks.data") > layer("fmtspec.errors")
+    assert imports(b, known) == {"fmtspec", "fmtspec.core.errors", "fmtspec.experiment"}
+    assert layer("trainers.recipes") > layer("harness_tasks.data") > layer("fmtspec.core.errors")
+    assert layer("fmtspec.experiment") > layer("leaderboards.board") and layer("fmtspec.cli") > layer("fmtspec.experiment")
+    assert "fmtspec.core.run_folder" in known and "harness_tasks.a2t.utils" not in known
     assert circles({"x": {"y"}, "y": {"z"}, "z": {"x"}, "w": {"x"}, "v": set()}) == [["x", "y", "z"]]
     assert circles({"x": {"y"}, "y": set()}) == []

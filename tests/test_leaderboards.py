@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks.catalog import GROUPS, SUITE, TARGETS
 from leaderboards.board import build, fmt
 from leaderboards.results import load_checkpoints, load_results_file

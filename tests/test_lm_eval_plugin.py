@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fmtspec import lm_eval_plugin
-from fmtspec.lm_eval_plugin import _add_task_path, tasks_dir
+from fmtspec.core import lm_eval_plugin
+from fmtspec.core.lm_eval_plugin import _add_task_path, tasks_dir
 
 OFF = {"FMTSPEC_LM_EVAL_PLUGIN": "0"}
 
@@ -46,7 +46,7 @@ def test_get_model_on_an_empty_registry_still_finds_builtins_and_promot_hf():
 
 
 def test_no_heavy_import_at_start_up_and_hook_is_idempotent():
-    code = ("import json, sys, fmtspec.lm_eval_plugin as p; p.install(); p.install();"
+    code = ("import json, sys, fmtspec.core.lm_eval_plugin as p; p.install(); p.install();"
             "print(json.dumps([sum(bool(getattr(f, 'fmtspec_hook', 0)) for f in sys.meta_path),"
             " [m for m in ('torch', 'lm_eval', 'transformers') if m in sys.modules]]))")
     assert _python(code) == [1, []]
@@ -194,7 +194,7 @@ def test_importing_fmtspec_leaves_the_excepthook_until_lm_eval_runs_its_code(tmp
     code = ("import json, sys\n"
             "before = sys.excepthook\n"
             "import model_adapters.promot_hf, harness_tasks.lm_eval_hooks\n"
-            "from fmtspec.errors import FmtspecError\n"
+            "from fmtspec.core.errors import FmtspecError\n"
             "imported = sys.excepthook is before\n"
             "def installed_by(call):\n"
             "    sys.excepthook = before\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRETRAIN = REPO / "configs" / "mini" / "pretrain_tiny.yaml"
@@ -48,7 +48,7 @@ def manifest(run):
 
 
 def digest(state_dict):
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
 
     return weights_digest(state_dict)
 

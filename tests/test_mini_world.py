@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 from harness_tasks import mini_world as mw
 
 SMALL = {"train": 300, "validation": 40, "test": 40}

@@ -172,7 +172,7 @@ def test_flat_partitions_cut_mid_row_step_like_whole_weights(extra):
 
 
 def test_state_resumes_exactly_through_safetensors(tmp_path):
-    from trainers.run import load_nested, save_nested
+    from fmtspec.core.run_folder import load_nested, save_nested
 
     weights, grads = weights_and_grads(3, seed=2)
     uninterrupted, _ = run(weights, grads, lr=0.1, min_dim_size_to_factor=3, beta1=0.5)
@@ -263,7 +263,7 @@ def test_promot_under_zero1_trains_each_stage_with_its_rule(tiny_models, tmp_pat
 
     from trainers.config import load_config
     from trainers.recipes import train
-    from trainers.run import load_nested
+    from fmtspec.core.run_folder import load_nested
 
     monkeypatch.setenv("FMTSPEC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "harness_tasks" / "fixtures"))
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "promot.yaml",

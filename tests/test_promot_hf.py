@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 lm_eval = pytest.importorskip("lm_eval")
 
-from fmtspec.errors import FmtspecError  # noqa: E402
+from fmtspec.core.errors import FmtspecError  # noqa: E402
 from greedy_reference import assert_generations_match, cut, expected_text, greedy  # noqa: E402
 from model_adapters.soft_prompt import save_soft_prompt  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from fmtspec.errors import FmtspecError  # noqa: E402
+from fmtspec.core.errors import FmtspecError  # noqa: E402
 from harness_tasks.examples import load_docs  # noqa: E402
 from model_adapters.soft_prompt import save_soft_prompt  # noqa: E402
 

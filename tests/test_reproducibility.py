@@ -54,7 +54,7 @@ def test_the_shipped_base_loads_and_its_weights_are_the_recorded_ones():
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from harness_tasks.mini_world import vocabulary
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
 
     record = json.loads((SHIPPED / "shipped.json").read_text())
     manifest = json.loads((SHIPPED / "run.json").read_text())
@@ -80,7 +80,7 @@ def test_the_demo_and_mini_experiments_start_from_the_shipped_base_from_any_fold
 
 
 def test_ship_base_swaps_a_finished_pretraining_run_in_whole(tmp_path, monkeypatch):
-    from fmtspec.errors import FmtspecError
+    from fmtspec.core.errors import FmtspecError
     from harness_tasks.mini_world import write_world
     from trainers.config import load_config
     from trainers.pretrain import cache_key, ship_base

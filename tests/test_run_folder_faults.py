@@ -66,9 +66,9 @@ def check_run(run: Path, expected: dict) -> None:
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from fmtspec.run_folder import model_path, prompt_paths, read_manifest
+    from fmtspec.core.run_folder import model_path, prompt_paths, read_manifest
     from model_adapters.soft_prompt import load_soft_prompt
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
 
     manifest = read_manifest(run)
     assert manifest == expected
@@ -283,7 +283,7 @@ def test_sigterm_stops_with_one_line_and_a_checkpoint_that_resume_continues(tiny
     assert stopped and stopped[1] == stopped[2], lines[0]
     step = int(stopped[1])
     assert 2 <= step < steps
-    from trainers.run import checkpoint_steps
+    from fmtspec.core.run_folder import checkpoint_steps
 
     assert checkpoint_steps(out) == [step] and not (out / "run.json").exists()
     assert not leftovers(out) and not (out / ".lock").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
@@ -172,7 +172,7 @@ def _logging(**section):
 
 
 def test_a_missing_package_or_a_wandb_key_without_project_is_one_line(tmp_path, monkeypatch):
-    from trainers import run as rf
+    from fmtspec.core import run_folder as rf
     from trainers import run_logs
 
     monkeypatch.setattr(run_logs, "_installed", lambda package: False)
@@ -213,7 +213,7 @@ def test_a_failing_wandb_init_is_one_warning_line_and_tensorboard_goes_on(tmp_pa
 
 
 def test_a_failed_start_with_logging_files_starts_again(tmp_path):
-    from trainers import run as rf
+    from fmtspec.core import run_folder as rf
 
     (tmp_path / "config.json").write_text(json.dumps({"logging": {"tensorboard": "tb"}}))
     for name in ("tb", "tensorboard"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
@@ -178,7 +178,7 @@ class _Stub:
     """What Trainer._prune reads, over a folder of empty checkpoints."""
 
     def __init__(self, run_dir, steps, tasks=1, keep=1):
-        from trainers.run import TRAINER_STATE, checkpoint_dir
+        from fmtspec.core.run_folder import TRAINER_STATE, checkpoint_dir
 
         self.run_dir, self.step, self.stages_done = run_dir, max(steps), []
         self.tasks = [{"name": f"t{i}"} for i in range(tasks)]
@@ -193,7 +193,7 @@ class _Stub:
 
         self._keep_checkpoints = Trainer._keep_checkpoints.__get__(self)
         Trainer._prune(self, stage, local, StageResult(evaluations=evaluations))
-        from trainers.run import checkpoint_steps
+        from fmtspec.core.run_folder import checkpoint_steps
 
         return checkpoint_steps(self.run_dir)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
@@ -47,7 +47,7 @@ def load_model(folder):
 
 
 def digest(folder):
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
 
     return weights_digest(load_model(folder).state_dict())
 
@@ -446,7 +446,7 @@ def test_prompt_inits(tiny_models):
 
 def test_cli_module_and_config_validation_import_no_torch():
     code = ("import sys, argparse\n"
-            "from fmtspec.errors import FmtspecError\n"
+            "from fmtspec.core.errors import FmtspecError\n"
             "from trainers import cli\n"
             "args = argparse.Namespace(config='missing.yaml', overrides=[], output=None, resume=False)\n"
             "try:\n    cli.run(args)\nexcept FmtspecError as e:\n    print(e)\n"
@@ -531,7 +531,8 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resume_is_exact(tmp_p
 
 
 def test_checkpoints_are_atomic(tmp_path):
-    from trainers.run import atomic_folder, checkpoint_steps, remove_partial_checkpoints
+    from fmtspec.core.atomic_files import atomic_folder
+    from fmtspec.core.run_folder import checkpoint_steps, remove_partial_checkpoints
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

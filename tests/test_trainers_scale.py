@@ -139,7 +139,7 @@ def test_two_processes_zero3_promot_gathers_whole_weights_and_prompts(tiny_model
     trained = AutoModelForSeq2SeqLM.from_pretrained(two / "model")  # an ordinary save_pretrained folder
     for (name, p), q in zip(base.state_dict().items(), trained.state_dict().values()):
         assert p.shape == q.shape, name
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
 
     assert weights_digest(trained.state_dict()) == m["model_sha256"]
     one = train_in_process("promot", overrides, tmp_path / "one")
@@ -196,7 +196,7 @@ def test_resume_after_sigkill_at_a_random_step_is_exact(zero, optimizer, tiny_mo
 
 
 def test_resume_with_another_process_count_than_the_zero_partitions_is_one_clear_line(tiny_models, tmp_path):
-    from fmtspec.errors import FmtspecError
+    from fmtspec.core.errors import FmtspecError
     from trainers.config import load_config
     from trainers.recipes import train
 

@@ -78,7 +78,7 @@ def test_zero3_loads_partitioned_through_zero_init_and_bit_identical(tiny_models
 
     from trainers.config import load_config
     from trainers.recipes import load_model
-    from trainers.run import weights_digest
+    from fmtspec.core.run_folder import weights_digest
     from trainers.soft_prompt_model import init_prompt
 
     path, config_file = str(tiny_models["mt5"]), str(TINY / "prompt_tuning.yaml")

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

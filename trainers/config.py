@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmtspec.errors import FmtspecError, did_you_mean
+from fmtspec.core.errors import FmtspecError, did_you_mean
 
 from trainers.methods import METHODS
 SCRATCH_PREFIX = "mini:"  # `model: mini:bart`: a random model on the miniature world's word tokenizer

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fmtspec.errors import FmtspecError
-from fmtspec.sentinels import sentinel_ids
+from fmtspec.core.errors import FmtspecError
+from fmtspec.core.sentinels import sentinel_ids
 
 TARGET_DELIMITER = " "
 

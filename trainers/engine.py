@@ -41,8 +41,9 @@ from pathlib import Path
 
 import torch
 
-from fmtspec.errors import FmtspecError
-from trainers import run as rf
+from fmtspec.core import run_folder as rf
+from fmtspec.core.atomic_files import atomic_folder, remove_folder
+from fmtspec.core.errors import FmtspecError
 from trainers.data import collate
 from trainers.run_logs import RunLogs
 
@@ -875,7 +876,7 @@ class Trainer:
                           staging: Path | None, state: dict | None) -> None:
         final = rf.checkpoint_dir(self.run_dir, self.step)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with rf.atomic_folder(final) as tmp:
+        with atomic_folder(final) as tmp:
             self._save_outputs(tmp, state)
             if staging is None:
                 rf.save_nested(tmp / rf.OPTIMIZER_FILE, {"optimizer": engine.optimizer.state_dict(),
@@ -940,7 +941,7 @@ class Trainer:
                 remove += [s for s in steps if start < s <= end]
             start = end
         for step in sorted(set(remove) - protected):
-            rf.remove_folder(rf.checkpoint_dir(self.run_dir, step))
+            remove_folder(rf.checkpoint_dir(self.run_dir, step))
 
     def _restore(self, engine, state: dict, result: StageResult) -> int:
         """Load the optimizer, scheduler, data position and RNG of a checkpoint; return its stage step."""

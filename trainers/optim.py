@@ -56,7 +56,7 @@ from typing import Callable
 
 import torch
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 # The prompt-tuning code base's prompt settings (t5_1_1_prompt.gin L50-56).
 PROMPT_RULE = {"multiply_by_parameter_scale": False, "weight_decay_rate": 1e-5}

@@ -28,10 +28,10 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.atomic_files import atomic_folder
+from fmtspec.core.errors import FmtspecError
 from trainers.config import NOT_IN_CACHE_KEY, SCRATCH_PREFIX, config_hash, is_scratch
 from trainers.scratch import scratch_config
 
@@ -81,7 +81,7 @@ def _shipped_key() -> str | None:
 
 def find_base(config: dict) -> Path | None:
     """The run folder of `config`'s pretraining if it exists already: shipped, else in the cache."""
-    from fmtspec.run_folder import is_run_folder
+    from fmtspec.core.run_folder import is_run_folder
 
     key = cache_key(config)
     if _shipped_key() == key:
@@ -92,9 +92,7 @@ def find_base(config: dict) -> Path | None:
 
 def cached_base(config: dict, *, log=print) -> Path:
     """The run folder of `config`'s pretraining: the shipped base or one in the cache, else trained into the
-    cache (a private temporary folder renamed into place when complete, so concurrent callers never see half
-    a run)."""
-    from fmtspec.run_folder import is_run_folder
+    cache (atomic_folder: concurrent callers never see half a run, the first to finish wins)."""
     from trainers.recipes import train
 
     if config["method"] != "pretrain":
@@ -106,37 +104,14 @@ def cached_base(config: dict, *, log=print) -> Path:
         log(f"pretrained base ({'shipped' if found == SHIPPED_BASE else 'cached'}): {found}")
         return found
     folder = cache_root() / cache_key(config)
-    tmp = folder.parent / f".tmp-{folder.name}-{socket.gethostname()}-{os.getpid()}"
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned(folder)
-        log(f"pretraining the base into {folder}")
-        train(config, tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not is_run_folder(folder):  # not another process that finished first: a real error
-                raise
+        with atomic_folder(folder, replace=False) as tmp:
+            log(f"pretraining the base into {folder}")
+            train(config, tmp)
     except OSError as exc:
         raise FmtspecError(f"cannot write the pretrained base into {folder} ({exc.strerror or exc}); "
                            "set $FMTSPEC_CACHE to a writable folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _remove_abandoned(folder: Path) -> None:
-    """Temporary folders that processes of this host left when killed (a live one is another caller's)."""
-    prefix = f".tmp-{folder.name}-{socket.gethostname()}-"
-    for tmp in folder.parent.glob(f"{prefix}*"):
-        try:
-            os.kill(int(tmp.name[len(prefix):]), 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 def ship_base(run_dir: str | Path, dest: Path = SHIPPED_BASE) -> Path:
@@ -148,8 +123,7 @@ def ship_base(run_dir: str | Path, dest: Path = SHIPPED_BASE) -> Path:
     import torch
     import transformers
 
-    from fmtspec.run_folder import read_manifest
-    from trainers.run import atomic_folder
+    from fmtspec.core.run_folder import read_manifest
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)

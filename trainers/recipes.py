@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
-from trainers import run as rf
+from fmtspec.core import run_folder as rf
+from fmtspec.core.atomic_files import recover, remove_folder, swap_in
+from fmtspec.core.errors import FmtspecError
 from trainers.config import config_hash, is_scratch
 from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, partition_rest,
                              partitioned_loading, single_process_env, state_digest, steps_for, stop_on_signals)
@@ -36,7 +37,7 @@ def plan(config: dict, n_examples: int) -> list[Stage]:
 
 def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
     """(model to load, parent RUN_DIR, chain of ancestors) for `init_from` (teach twice)."""
-    from fmtspec.run_folder import model_path, read_manifest
+    from fmtspec.core.run_folder import model_path, read_manifest
 
     parent = config["init_from"]
     if not parent:
@@ -210,7 +211,7 @@ def open_run(lock: rf.RunLock, run_dir: Path, config: dict, resume: bool) -> int
     from trainers.config import NOT_IN_CACHE_KEY
 
     lock.acquire()
-    rf.recover(run_dir)
+    recover(run_dir)
     rf.remove_partial_checkpoints(run_dir)
     saved_config = run_dir / rf.CONFIG_FILE
     step = None
@@ -276,7 +277,7 @@ def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
 
 def check_stage1_source(config: dict, start_model: str) -> None:
     """`stage1_from` must be a finished prompt_tuning run of the same model, tasks and prompt length."""
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
 
     source = Path(config["stage1_from"]).resolve()
     manifest = read_manifest(source)
@@ -298,7 +299,7 @@ def check_stage1_source(config: dict, start_model: str) -> None:
 
 def reuse_stage1(trainer: Trainer, config: dict) -> dict:
     """Load the chosen prompt of the prompt_tuning run `stage1_from` as ProMoT's stage 1; its record in run.json."""
-    from fmtspec.run_folder import read_manifest
+    from fmtspec.core.run_folder import read_manifest
 
     source = Path(config["stage1_from"]).resolve()
     manifest = read_manifest(source)
@@ -308,7 +309,7 @@ def reuse_stage1(trainer: Trainer, config: dict) -> dict:
 
 
 def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start_model, parent, chain) -> None:
-    """Write the chosen model/prompts beside the run's, swap each in (`rf.swap_in`), then run.json last (it marks
+    """Write the chosen model/prompts beside the run's, swap each in (`swap_in`), then run.json last (it marks
     the run complete). A resumed finished run rewrites them: killed at any point, it holds the old run or the new
     one, and resume being exact, their weights are the same, so either run.json describes them."""
     import shutil
@@ -353,10 +354,10 @@ def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start
         )
         written = [name for name in rf.OUTPUTS if (staging / name).exists()]
         for name in written:
-            rf.swap_in(staging / name, run_dir / name)
+            swap_in(staging / name, run_dir / name)
         rf.write_manifest(run_dir, manifest)
         for name in set(rf.OUTPUTS) - set(written):  # an older copy of a piece this run does not have
-            rf.remove_folder(run_dir / name)
+            remove_folder(run_dir / name)
     finally:
         if is_main():
             shutil.rmtree(staging, ignore_errors=True)

@@ -19,7 +19,7 @@ config. W&B writes its local files where it always does (WANDB_DIR, else ./wandb
 RUN_DIR/wandb.json, so that --resume continues the same W&B run.
 
 Resume: the steps after the checkpoint a run resumes from are trained (and logged) again. metrics.jsonl drops
-them (trainers.run.truncate_metrics); TensorBoard's writer opens with `purge_step` = that checkpoint's step + 1,
+them (fmtspec.core.run_folder.truncate_metrics); TensorBoard's writer opens with `purge_step` = that checkpoint's step + 1,
 so its reader drops the earlier attempt's events from that step on (no step shows twice). W&B keeps a run's
 history append-only: steps the resumed W&B run already has are not sent again (under exact resume they hold the
 same values; tokens_per_s aside).
@@ -35,8 +35,8 @@ import string
 import sys
 from pathlib import Path
 
-from fmtspec.errors import FmtspecError
-from trainers import run as rf
+from fmtspec.core.errors import FmtspecError
+from fmtspec.core import run_folder as rf
 
 WANDB_MODES = ("online", "offline", "disabled")
 NOT_LOGGED = ("step", "stage")  # the x-axis, and the stage number (in metrics.jsonl only)

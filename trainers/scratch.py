@@ -4,7 +4,7 @@ bases' cache key covers the architecture it builds (trainers.pretrain)."""
 
 from __future__ import annotations
 
-from fmtspec.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError
 
 # config key -> BartConfig attribute(s) it sets
 ARCHITECTURE_KEYS = {

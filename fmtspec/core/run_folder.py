@@ -1,5 +1,30 @@
-"""The run folder on disk (layout in fmtspec/run_folder.py): atomic folders, prompt/model files, the
-manifest, weight digests, and optimizer state in safetensors (no pickles anywhere in a run folder)."""
+"""The run folder: its layout, its reader (`promot_hf`, the leaderboards, the pipeline) and its one writer
+(`fmtspec train`), in one place.
+
+    RUN_DIR/
+      run.json          manifest (below)
+      model/            save_pretrained folder (safetensors), present when the model's weights changed
+      soft_prompt/      PEFT prompt-tuning folder (encoder prompt) for a single-task prompt
+      prompts/<task>/   one PEFT folder (prompt tuning, or LoRA for `stage1: lora`) per task, multi-task ProMoT
+      metrics.jsonl     one JSON object per logged step: step, loss, lr, tokens_per_s, and val_* metrics
+      checkpoints/      step-<N>/ folders, each written atomically (temporary folder, then rename)
+      config.json       the resolved config, written when the run starts (--resume compares it)
+      tensorboard/      TensorBoard event files, with `logging.tensorboard: true` (trainers/run_logs.py)
+      wandb.json        the id of the run's W&B run, with `logging.wandb` (--resume continues it)
+      .lock             flock-ed by the one process writing the folder (its pid inside); readers ignore it
+
+run.json keys (all written by the trainers; readers must tolerate extra keys):
+    format        "fmtspec-run/1"
+    method        finetune | prompt_tuning | promot | joint | random_prompt | pretrain
+    base_model    hub id or path the run started from (for a sequential run: the parent's model folder)
+    model         folder of the trained model relative to RUN_DIR ("model"), or null when unchanged
+    prompts       {task name or glob: prompt folder relative to RUN_DIR}: which prompt serves which task
+    sentinel      whether training inputs ended with <extra_id_0>
+    encoder_decoder  bool
+    tasks         [{"name": task, "weight": w}, ...]
+    stage, steps, seed, config (the resolved config), config_hash, parent (RUN_DIR or null), chain,
+    checkpoint    {"step": N, "metric": name, "value": v} for the chosen checkpoint
+"""
 
 from __future__ import annotations
 
@@ -7,14 +32,76 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-from fmtspec.atomic_files import TMP_PREFIX, write_text_atomically
-from fmtspec.errors import FmtspecError
-from fmtspec.run_folder import ASIDE, FORMAT, MANIFEST
+from fmtspec.core.atomic_files import ASIDE, TMP_PREFIX, TRASH, recover, remove_folder, write_text_atomically
+from fmtspec.core.errors import FmtspecError
+
+MANIFEST = "run.json"
+FORMAT = "fmtspec-run/1"
+# The writer replaces a folder (model/, soft_prompt/, prompts/) by renaming the old one to .old-<name>-<pid>,
+# then the new one into place (atomic_files.swap_in): a writer killed between the two leaves the old one,
+# whole, under that name. Readers then use it (`located`); the next writer puts it back (`recover`).
+
+
+def is_run_folder(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """The manifest of `run_dir`, with one clear error when it is missing or unreadable."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise FmtspecError(f"{run_dir} is not a fmtspec run folder: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FmtspecError(f"cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FmtspecError(f"{path} is not a fmtspec run manifest (expected \"format\": \"{FORMAT}\")")
+    return manifest
+
+
+def located(run_dir: str | Path, relative: str) -> Path:
+    """RUN_DIR/relative, or where a killed writer left it moved aside (see ASIDE)."""
+    path = Path(run_dir) / relative
+    if path.exists():
+        return path
+    top, *rest = Path(relative).parts
+    for aside in sorted(Path(run_dir).glob(f"{ASIDE}{top}-*")):
+        if aside.joinpath(*rest).exists():
+            return aside.joinpath(*rest)
+    return path
+
+
+def model_path(run_dir: str | Path, manifest: dict) -> str:
+    """Where the run's model weights are: its own model/ folder, or the base model it left unchanged."""
+    if manifest.get("model"):
+        return str(located(run_dir, manifest["model"]))
+    return manifest["base_model"]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model")
+
+
+def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
+    """Where the run's tokenizer is: beside its weights, else its base model's (a trainer's model/ folder
+    may hold weights only)."""
+    weights = model_path(run_dir, manifest)
+    path = Path(weights)
+    if not path.is_dir() or any((path / name).is_file() for name in TOKENIZER_FILES):
+        return weights
+    return manifest["base_model"]
+
+
+def prompt_paths(run_dir: str | Path, manifest: dict) -> dict[str, Path]:
+    """{task name or glob pattern: absolute prompt folder}."""
+    return {task: located(run_dir, rel) for task, rel in (manifest.get("prompts") or {}).items()}
+
+
+# -- the writer's files --------------------------------------------------------------------------------
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -26,7 +113,7 @@ PREDICTIONS = "val_predictions.jsonl"  # the validation generations a checkpoint
 CONFIG_FILE = "config.json"  # the resolved config, written when the run starts (resume reads it)
 LOCK_FILE = ".lock"  # held (flock) by the one process that writes the run folder; holds its pid
 OUTPUTS = ("model", "soft_prompt", "prompts")  # what finish() writes beside run.json
-TMP, TRASH = TMP_PREFIX, ".trash-"  # being written / being removed: never part of a run, removed on the next start
+TMP = TMP_PREFIX  # being written (TRASH: being removed): never part of a run, removed on the next start
 # the run logs (trainers/run_logs.py) write these
 TENSORBOARD_DIR = "tensorboard"  # `logging.tensorboard: true`: RUN_DIR/tensorboard
 WANDB_RUN_FILE = "wandb.json"  # {"id", "project", "entity"} of the run's W&B run (--resume continues it)
@@ -35,64 +122,6 @@ WANDB_RUN_FILE = "wandb.json"  # {"id", "project", "entity"} of the run's W&B ru
 def optimizer_rank_file(rank: int) -> str:
     """One process's partition of a ZeRO (or bf16) optimizer's state."""
     return f"optimizer-rank{rank}.safetensors"
-
-
-@contextmanager
-def atomic_folder(final: Path):
-    """Yield a temporary sibling folder; swap it in as `final` only when the block finishes.
-    A run killed inside the block leaves a `.tmp-*` folder, never one that looks complete."""
-    final = Path(final)
-    tmp = final.parent / f"{TMP}{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(tmp, final)
-
-
-def swap_in(new: Path, final: Path) -> None:
-    """Replace the folder `final` by `new` (a sibling). The old one is renamed aside first and removed last, so a
-    kill at any point leaves `final` whole (old or new), or, between the two renames, the old one whole as
-    `.old-<name>-<pid>`: readers use it (fmtspec.run_folder), the next writer puts it back (`recover`)."""
-    final = Path(final)
-    aside = final.parent / f"{ASIDE}{final.name}-{os.getpid()}"
-    if final.exists():
-        os.replace(final, aside)
-    os.replace(new, final)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def remove_folder(path: Path) -> None:
-    """Renamed (atomically) out of the run first: a kill while deleting never leaves a partial folder under its name."""
-    path = Path(path)
-    if path.exists():
-        trash = path.parent / f"{TRASH}{path.name}-{os.getpid()}"
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-
-
-def recover(folder: Path) -> None:
-    """Undo what a writer killed in `folder` left: a folder moved aside and not yet replaced goes back, the rest
-    (temporary and half-removed folders and files, or an aside whose replacement is in place) goes."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(ASIDE):
-            name = p.name[len(ASIDE):].rsplit("-", 1)[0]
-            if not (folder / name).exists():
-                os.replace(p, folder / name)
-                continue
-        elif not p.name.startswith((TMP, TRASH)):
-            continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -149,6 +178,66 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step}"
+
+
+def checkpoint_manifest(run_dir: str | Path, step: int | str) -> dict:
+    """The manifest that presents one step of the run as a run folder of its own: "final" (the run as it
+    ended), 0 (the model it started from, without prompts) or a checkpoint's step (its model, or the start
+    model where that stage left the weights unchanged, and the prompts saved with it). Paths are absolute."""
+    run_dir = Path(run_dir).resolve()
+    manifest = read_manifest(run_dir)
+    if step == "final":
+        return {**manifest, "prompts": {task: str(path) for task, path in prompt_paths(run_dir, manifest).items()},
+                "model": model_path(run_dir, manifest) if manifest.get("model") else None}
+    step = int(step)
+    view = {**manifest, "model": None, "prompts": {}, "checkpoint": {"step": step}, "view_of": str(run_dir)}
+    if step == 0:
+        return view
+    ckpt = checkpoint_dir(run_dir, step)
+    if not (ckpt / TRAINER_STATE).is_file():
+        raise FmtspecError(f"{run_dir} has no checkpoint step-{step} (it has: "
+                           f"{', '.join(map(str, checkpoint_steps(run_dir))) or 'none'})")
+    n = len(manifest.get("tasks") or [])
+    lora = manifest.get("prompt_type") == "lora"
+    for task in manifest.get("prompts") or {}:
+        folder = ckpt / prompt_folder(task, n, lora)
+        if folder.is_dir():
+            view["prompts"][task] = str(folder)
+    if (ckpt / "model").is_dir():
+        view["model"] = str(ckpt / "model")
+    return view
+
+
+def write_checkpoint_view(run_dir: str | Path, step: int, view_dir: Path) -> Path:
+    """A folder whose run.json is `checkpoint_manifest(run_dir, step)`: `promot_hf` loads it like any run."""
+    view_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(checkpoint_manifest(run_dir, step), indent=2) + "\n"
+    path = view_dir / MANIFEST
+    if not path.is_file() or path.read_text() != text:  # keep its mtime when nothing changed
+        write_text_atomically(path, text)
+    return view_dir
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The run's logged steps (`metrics.jsonl`); [] when it has none. A partial last line is a run still
+    writing it; a bad line before it is an error naming file and line."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise FmtspecError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+            rows.append(row)
+    return rows
 
 
 def prompt_folder(task: str, n_tasks: int, lora: bool = False) -> str:
