@@ -53,8 +53,10 @@ def environment(**values: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fmtspec.experiment import (PRETRAIN_PREFIX, finish_pretraining, load_experiment, run_experiment, say,
-                                    start_pretraining, write_leaderboard)
+    from fmtspec.bases import finish_pretraining, start_pretraining
+    from fmtspec.experiment import run_experiment, write_leaderboard
+    from fmtspec.experiment_file import PRETRAIN_PREFIX, load_experiment
+    from fmtspec.processes import say
     from harness_tasks.mini_world import default_world
 
     for path in (DEMO_EXPERIMENT, MINI_EXPERIMENT, FIXTURES):

@@ -2,7 +2,7 @@
 
     fmtspec diagnose specialization RUN_DIR [--tasks fmtspec_suite_1shot] [--limit N] [--output DIR]
         scores every intermediate checkpoint with the stock `lm_eval --model promot_hf` (as an experiment
-        scores them, fmtspec.experiment) and tracks, per step, each unseen task's score and `fmt_label_share`
+        scores them, fmtspec.scoring) and tracks, per step, each unseen task's score and `fmt_label_share`
         (Figures 1-2): specialization.json + .png
     fmtspec diagnose alignment RUN_DIR [--steps 0,final] [--layer decoder:-1] [--batches 4] [--output DIR]
         the cosine between the full and the format gradient per module of one layer, at chosen checkpoints
@@ -16,7 +16,9 @@ from pathlib import Path
 
 from fmtspec.diagnose import MODULES, alignment_for_run, specialization_table, write_alignment, write_specialization
 from fmtspec.core.errors import FmtspecError
-from fmtspec.experiment import _task_list, run_scores, say, score_job
+from fmtspec.experiment_file import task_list
+from fmtspec.processes import say
+from fmtspec.scoring import run_scores, score_job
 
 
 def specialization_for_run(run_dir: Path, tasks: list[str], out_dir: Path, settings: dict) -> list[Path]:
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     read_manifest(run_dir)  # one clear line when it is not a (complete) run folder
     out = Path(args.output) if args.output else Path("diagnostics") / run_dir.name
     if args.diagnostic == "specialization":
-        tasks = _task_list(args.tasks, "--tasks", Path("command line"))
+        tasks = task_list(args.tasks, "--tasks", Path("command line"))
         settings = {"batch_size": args.batch_size, "limit": args.limit}
         written = specialization_for_run(run_dir, tasks, out.resolve(), settings)
     else:

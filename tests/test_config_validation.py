@@ -370,7 +370,8 @@ def test_experiment_check_refuses_what_would_fail_later(case, tmp_path, capsys):
 def test_a_run_trained_before_a_key_was_added_is_not_called_changed(tmp_path):
     """A finished run whose run.json config lacks keys added since (at their defaults) is the same config;
     a changed value still is not."""
-    from fmtspec.experiment import check_trained_configs, load_experiment, resolved_config
+    from fmtspec.experiment import check_trained_configs, resolved_config
+    from fmtspec.experiment_file import load_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(EXPERIMENT)

@@ -14,6 +14,7 @@ ENV_KEYS = ("FMTSPEC_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSF
 @pytest.fixture
 def captured(monkeypatch, tmp_path):
     """Replace the experiments' work by recorders of what the demo asked for and the environment it set."""
+    import fmtspec.bases as bases
     import fmtspec.experiment as experiment
 
     seen = {"runs": [], "boards": []}
@@ -31,7 +32,7 @@ def captured(monkeypatch, tmp_path):
         return [output / "leaderboard.md"]
 
     monkeypatch.setattr(experiment, "run_experiment", fake_run)
-    monkeypatch.setattr(experiment, "start_pretraining", fake_start)
+    monkeypatch.setattr(bases, "start_pretraining", fake_start)
     monkeypatch.setattr(experiment, "write_leaderboard", fake_board)
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -41,7 +42,7 @@ def captured(monkeypatch, tmp_path):
 
 def test_demo_runs_the_tiny_and_the_miniature_experiments_offline(captured, tmp_path, capsys):
     from fmtspec.cli import main
-    from fmtspec.experiment import PRETRAINED
+    from fmtspec.experiment_file import PRETRAINED
     from harness_tasks.mini_world import default_world
     from trainers.methods import FINETUNE_METHODS
 

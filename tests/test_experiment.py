@@ -85,7 +85,7 @@ def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
 
     path = write(tmp_path, text)
     with pytest.raises(FmtspecError) as err:
-        from fmtspec.experiment import load_experiment
+        from fmtspec.experiment_file import load_experiment
 
         load_experiment(path)
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -96,7 +96,7 @@ def test_bad_experiments_fail_with_one_line(tmp_path, capsys, text, message):
 
 def test_shipped_experiments_are_valid(tmp_path):
     """experiments/*.yaml (the papers' tables, for GPUs, and the demo) load with every run's config checked."""
-    from fmtspec.experiment import PRETRAINED, load_experiment
+    from fmtspec.experiment_file import PRETRAINED, load_experiment
     from trainers.methods import FINETUNE_METHODS
 
     files = sorted((REPO / "experiments").glob("*.yaml"))
@@ -116,7 +116,7 @@ def test_shipped_experiments_are_valid(tmp_path):
 
 def test_chain_and_overrides_are_merged(tmp_path):
     """Shared `train` < the run's config file < the run's `train`; base_model replaces the config's model."""
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     path = write(tmp_path, """\
         name: chain
@@ -174,7 +174,7 @@ def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
     seeds, fine-tuning and ProMoT's stage 2 with the same lr, steps and batch, scored on the mini tasks."""
     from collections import Counter
 
-    from fmtspec.experiment import PRETRAINED, load_experiment
+    from fmtspec.experiment_file import PRETRAINED, load_experiment
     from trainers.config import load_config
     from trainers.methods import FINETUNE_METHODS
 
@@ -196,7 +196,7 @@ def test_miniature_experiment_runs_every_method_with_three_seeds(tmp_path):
 def test_seeds_expand_into_one_run_per_seed(tmp_path):
     """`seeds: [0, 1]` is one run per seed (`<label>_s<seed>`, config key `seed`); a chain from seeded runs
     starts each seed from its own seed's run."""
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     path = write(tmp_path, BASE
                  + "  - {label: pt, method: prompt_tuning, seeds: [0, 2], train: {tasks: [fmtspec_rte], seed: 9}}\n"
@@ -210,13 +210,13 @@ def test_seeds_expand_into_one_run_per_seed(tmp_path):
 
 
 @pytest.mark.parametrize("run, message", [
-    ("{label: b, method: finetune, seeds: 3}", "seeds must be a list of distinct integers"),
-    ("{label: b, method: finetune, seeds: [1, 1]}", "seeds must be a list of distinct integers"),
+    ("{label: b, method: finetune, seeds: 3}", "'runs[2].seeds' must be a list of distinct integers"),
+    ("{label: b, method: finetune, seeds: [1, 1]}", "'runs[2].seeds' must be a list of distinct integers"),
     ("{label: b, method: pretrained, seeds: [0, 1]}", "a pretrained run is only scored; remove 'seeds'"),
     ("{label: ft_s0, method: finetune}", "two runs have the label 'ft_s0'"),
 ])
 def test_bad_seeds_fail_with_one_line(tmp_path, run, message):
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     text = BASE.replace("{label: ft, method: finetune,", "{label: ft, method: finetune, seeds: [0],")
     with pytest.raises(FmtspecError) as err:
@@ -225,7 +225,7 @@ def test_bad_seeds_fail_with_one_line(tmp_path, run, message):
 
 
 def test_a_chain_from_seeded_runs_needs_seeds(tmp_path):
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     text = BASE.replace("{label: ft, method: finetune,", "{label: ft, method: finetune, seeds: [0, 1],")
     with pytest.raises(FmtspecError, match="init_from 'ft' has seeds"):
@@ -237,7 +237,7 @@ def test_a_chain_from_seeded_runs_needs_seeds(tmp_path):
     ("pretrain:configs/tiny/finetune.yaml", "a pretrained base needs method: pretrain"),
 ])
 def test_bad_pretrain_base_fails_with_one_line(tmp_path, base, message):
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     with pytest.raises(FmtspecError) as err:
         load_experiment(write(tmp_path, BASE.replace("some/model", base)))
@@ -248,7 +248,8 @@ def test_pretrain_base_is_pretrained_once_and_every_seed_starts_from_it(tmp_path
     """`base_model: pretrain:CONFIG` resolves to the model folder of trainers.pretrain.cached_base(CONFIG):
     pretrained on first use, found in the cache after; the pretrained run scores it and the trained runs
     (one per seed) start from it."""
-    from fmtspec.experiment import load_experiment, resolve_model, train_run
+    from fmtspec.bases import resolve_model
+    from fmtspec.experiment import load_experiment, train_run
     from fmtspec.core.run_folder import read_manifest
     from harness_tasks.mini_world import write_world
     from trainers.config import load_config
@@ -293,6 +294,7 @@ def test_jobs_train_runs_side_by_side_and_a_chain_after_its_parent(tmp_path, mon
     import time
 
     import fmtspec.experiment as experiment
+    import fmtspec.processes as procs
 
     path = write(tmp_path, "jobs: 2\ntrain: {tasks: [fmtspec_rte]}\n" + BASE + "  - {label: a, method: finetune}\n  - {label: b, method: finetune}\n"
                                               "  - {label: c, method: finetune, init_from: ft}\n")
@@ -317,10 +319,10 @@ def test_jobs_train_runs_side_by_side_and_a_chain_after_its_parent(tmp_path, mon
         experiment.train_all(exp)
     assert max(overlap) == 2 and {label for kind, label in events if kind == "end"} == {"ft", "a", "b", "c"}
     assert events.index(("start", "c")) > events.index(("end", "ft"))
-    monkeypatch.setattr(experiment.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(procs.os, "cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert experiment.offline_env(exp)["OMP_NUM_THREADS"] == "4"
-    assert "OMP_NUM_THREADS" not in experiment.offline_env(exp, share_cores=False)
+    assert procs.offline_env(exp)["OMP_NUM_THREADS"] == "4"
+    assert "OMP_NUM_THREADS" not in procs.offline_env(exp, share_cores=False)
 
 
 # ---- end to end ------------------------------------------------------------------------------------

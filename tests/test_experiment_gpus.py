@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+import fmtspec.devices as devices
 import fmtspec.experiment as experiment
+import fmtspec.processes as procs
+import fmtspec.scoring as scoring
 from fmtspec.core.errors import FmtspecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +40,7 @@ def load(tmp_path, extra="", runs=""):
 
 
 class Processes:
-    """A stand-in for `subprocess` in fmtspec.experiment: records every process started (command, environment,
+    """A stand-in for `subprocess` in fmtspec.processes and fmtspec.scoring: records every process started (command, environment,
     the lm_eval command lines of a worker's job file), lets each "run" for `seconds`, and checks that no two
     processes running at once were given the same GPU. A training process writes its run.json; an lm_eval worker
     writes a results file for each of its jobs and prints lm_eval_batch's markers."""
@@ -94,14 +97,15 @@ class Processes:
 @pytest.fixture
 def processes(monkeypatch):
     fake = Processes(seconds=0.15)
-    monkeypatch.setattr(experiment, "subprocess", fake)
+    for module in (procs, scoring):  # the modules that start processes
+        monkeypatch.setattr(module, "subprocess", fake)
     return fake
 
 
 @pytest.fixture
 def gpus(monkeypatch):
     """gpus("0,1,2,3"): the machine shows these (CUDA_VISIBLE_DEVICES); gpus(None): none, no nvidia-smi."""
-    monkeypatch.setattr(experiment, "_nvidia_smi_count", lambda: 0)
+    monkeypatch.setattr(devices, "_nvidia_smi_count", lambda: 0)
     for name in ("DEEPSPEED", "PYTHON"):  # the launcher's own settings: not this machine's
         monkeypatch.delenv(name, raising=False)
 
@@ -115,7 +119,7 @@ def gpus(monkeypatch):
 
 
 def score_jobs(tmp_path, n):
-    return [experiment.score_job({"pretrained": f"model{i}"}, ["fmtspec_rte"], tmp_path / f"r{i}", {"batch_size": 4},
+    return [scoring.score_job({"pretrained": f"model{i}"}, ["fmtspec_rte"], tmp_path / f"r{i}", {"batch_size": 4},
                                  tmp_path / "logs" / f"{i}.log", what=f"job {i}") for i in range(n)]
 
 
@@ -139,35 +143,35 @@ def test_bad_gpus_fail_with_one_line(tmp_path, value, message):
 def test_gpus_setting_auto_count_and_list(tmp_path, gpus):
     assert load(tmp_path).gpus == "auto" and load(tmp_path, "gpus: null\n").gpus == "auto"
     gpus("4,5,6,7")
-    assert experiment.experiment_gpus(load(tmp_path)) == ["4", "5", "6", "7"]
-    assert experiment.experiment_gpus(load(tmp_path, "gpus: 2\n")) == ["4", "5"]
-    assert experiment.experiment_gpus(load(tmp_path, "gpus: [7, 5]\n")) == ["7", "5"]
-    assert experiment.experiment_gpus(load(tmp_path, "gpus: 0\n")) == []
+    assert devices.experiment_gpus(load(tmp_path)) == ["4", "5", "6", "7"]
+    assert devices.experiment_gpus(load(tmp_path, "gpus: 2\n")) == ["4", "5"]
+    assert devices.experiment_gpus(load(tmp_path, "gpus: [7, 5]\n")) == ["7", "5"]
+    assert devices.experiment_gpus(load(tmp_path, "gpus: 0\n")) == []
     with pytest.raises(FmtspecError,
                        match=r"gpus: 8, but this machine shows 4 GPU\(s\) \(CUDA_VISIBLE_DEVICES='4,5,6,7'\)"):
-        experiment.experiment_gpus(load(tmp_path, "gpus: 8\n"))
+        devices.experiment_gpus(load(tmp_path, "gpus: 8\n"))
     with pytest.raises(FmtspecError, match="gpus: GPU 1 is not one this machine shows"):
-        experiment.experiment_gpus(load(tmp_path, "gpus: [4, 1]\n"))
+        devices.experiment_gpus(load(tmp_path, "gpus: [4, 1]\n"))
     gpus(None)
-    assert experiment.experiment_gpus(load(tmp_path)) == []  # a CPU machine: none, and no error
+    assert devices.experiment_gpus(load(tmp_path)) == []  # a CPU machine: none, and no error
     with pytest.raises(FmtspecError, match=r"shows 0 GPU\(s\) \(nvidia-smi -L\)"):
-        experiment.experiment_gpus(load(tmp_path, "gpus: 1\n"))
+        devices.experiment_gpus(load(tmp_path, "gpus: 1\n"))
 
 
 def test_visible_gpus_reads_cuda_visible_devices_else_nvidia_smi(monkeypatch):
-    assert experiment.visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
-    assert experiment.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert experiment.visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}) == ["1"]  # CUDA stops at an invalid entry
-    assert experiment.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f2a"}) == ["GPU-8f2a"]
+    assert devices.visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert devices.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert devices.visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}) == ["1"]  # CUDA stops at an invalid entry
+    assert devices.visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f2a"}) == ["GPU-8f2a"]
     listing = ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-a)\nGPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-b)\n"
                "  MIG 3g.40gb     Device  0: (UUID: MIG-c)\n")
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/nvidia-smi")
     fake = types.SimpleNamespace(run=lambda *a, **k: types.SimpleNamespace(stdout=listing),
                                  SubprocessError=subprocess.SubprocessError)
-    monkeypatch.setattr(experiment, "subprocess", fake)
-    assert experiment.visible_gpus({}) == ["0", "1"]
+    monkeypatch.setattr(devices, "subprocess", fake)
+    assert devices.visible_gpus({}) == ["0", "1"]
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert experiment.visible_gpus({}) == []
+    assert devices.visible_gpus({}) == []
 
 
 # ---- a CPU machine: as before ------------------------------------------------------------------------------
@@ -185,17 +189,17 @@ def test_without_gpus_nothing_changes(tmp_path, gpus, processes):
         label = Path(started["cmd"][-1]).name
         assert started["cmd"] == [sys.executable, "-m", "fmtspec", "train",
                                   str(exp.output / "configs" / f"{label}.yaml"), "--output", str(exp.run_dir(label))]
-        assert started["env"] == experiment.offline_env(exp)
+        assert started["env"] == procs.offline_env(exp)
     assert processes.most_at_once == 2
-    experiment.score_all(exp)
+    scoring.score_all(exp)
     scores = processes.of("score")
     assert len(scores) == 2 and sum(len(s["jobs"]) for s in scores) == 3  # 3 runs in `jobs` workers
     for started in scores:
         assert started["cmd"][:3] == [sys.executable, "-m", "fmtspec.lm_eval_batch"]
-        assert started["env"] == experiment.offline_env(exp) and "CUDA_VISIBLE_DEVICES" not in started["env"]
+        assert started["env"] == procs.offline_env(exp) and "CUDA_VISIBLE_DEVICES" not in started["env"]
         assert not any("--device" in argv or "accelerate" in " ".join(argv) for argv in started["jobs"])
     assert all((exp.output / "results" / label / "score.json").is_file() for label in ("pretrained", "ft", "b"))
-    assert experiment.run_scores.__defaults__[0] == 1  # fmtspec diagnose: one worker, as before
+    assert scoring.run_scores.__defaults__[0] == 1  # fmtspec diagnose: one worker, as before
 
 
 # ---- training on GPUs ------------------------------------------------------------------------------------
@@ -259,14 +263,14 @@ def test_runs_side_by_side_share_out_the_gpus(tmp_path, gpus, processes):
     assert labels.index("c") > labels.index("ft")
     # more runs at once than GPUs: one GPU each, as many at once as GPUs
     exp = load(tmp_path, "jobs: 8\n", "".join(f"  - {{label: r{i}, method: finetune}}\n" for i in range(5)))
-    assert experiment.train_slots(exp) == [["0"], ["1"], ["2"], ["3"]]
+    assert devices.train_slots(exp) == [["0"], ["1"], ["2"], ["3"]]
 
 
 def test_gpus_0_trains_and_scores_on_the_cpu(tmp_path, gpus, processes):
     gpus("0,1")
     exp = load(tmp_path, "gpus: 0\n")
     experiment.train_all(exp)
-    experiment.score_all(exp)
+    scoring.score_all(exp)
     (train,) = processes.of("train")
     assert train["cmd"][:4] == [sys.executable, "-m", "fmtspec", "train"] and train["env"]["CUDA_VISIBLE_DEVICES"] == ""
     (score,) = processes.of("score")
@@ -281,9 +285,9 @@ def test_many_checkpoints_one_worker_per_gpu(tmp_path, gpus, processes):
     gpus("4,5,6,7")
     exp = load(tmp_path)
     jobs = score_jobs(tmp_path, 6)
-    workers = experiment.score_workers(exp, 6)
+    workers = scoring.score_workers(exp, 6)
     assert [w.env["CUDA_VISIBLE_DEVICES"] for w in workers] == ["4", "5", "6", "7"]
-    experiment.run_scores(jobs, workers, experiment.offline_env(exp))
+    scoring.run_scores(jobs, workers, procs.offline_env(exp))
     scores = processes.of("score")
     assert len(scores) == 4 and processes.most_at_once == 4 and not processes.clashes
     assert sorted(s["env"]["CUDA_VISIBLE_DEVICES"] for s in scores) == ["4", "5", "6", "7"]
@@ -301,7 +305,7 @@ def test_few_checkpoints_data_parallel(tmp_path, gpus, processes):
     3 workers of 2 GPUs (2 idle)."""
     gpus("0,1,2,3,4,5,6,7")
     exp = load(tmp_path)
-    experiment.run_scores(score_jobs(tmp_path, 2), experiment.score_workers(exp, 2), experiment.offline_env(exp))
+    scoring.run_scores(score_jobs(tmp_path, 2), scoring.score_workers(exp, 2), procs.offline_env(exp))
     scores = processes.of("score")
     assert len(scores) == 2 and processes.most_at_once == 2 and not processes.clashes
     assert sorted(s["env"]["CUDA_VISIBLE_DEVICES"] for s in scores) == ["0,1,2,3", "4,5,6,7"]
@@ -314,14 +318,14 @@ def test_few_checkpoints_data_parallel(tmp_path, gpus, processes):
         ports.add(cmd[cmd.index("--main_process_port") + 1])
         assert not any("--device" in argv for argv in started["jobs"])
     assert len(ports) == 2
-    three = experiment.score_workers(exp, 3)
+    three = scoring.score_workers(exp, 3)
     assert [(w.env["CUDA_VISIBLE_DEVICES"], w.processes) for w in three] == [("0,1", 2), ("2,3", 2), ("4,5", 2)]
 
 
 def test_score_all_dispatches_by_the_rule(tmp_path, gpus, processes, capsys):
     gpus("0,1")
     exp = load(tmp_path, "", "  - {label: b, method: finetune}\n")
-    experiment.score_all(exp)
+    scoring.score_all(exp)
     assert "3 lm_eval run(s) of 3 in 2 worker processes, one per GPU" in capsys.readouterr().out
     assert sorted(s["env"]["CUDA_VISIBLE_DEVICES"] for s in processes.of("score")) == ["0", "1"]
     assert not processes.clashes
@@ -329,9 +333,9 @@ def test_score_all_dispatches_by_the_rule(tmp_path, gpus, processes, capsys):
 
 def test_lm_eval_device_or_parallelize_as_written(tmp_path, gpus):
     gpus("0,1,2,3")
-    written = experiment.score_workers(load(tmp_path, "jobs: 2\nlm_eval: {device: 'cuda:1'}\n"), 5)
+    written = scoring.score_workers(load(tmp_path, "jobs: 2\nlm_eval: {device: 'cuda:1'}\n"), 5)
     assert [(w.env["CUDA_VISIBLE_DEVICES"], w.args, w.processes) for w in written] == [("0,1,2,3", [], 1)] * 2
-    split = experiment.score_workers(load(tmp_path, "jobs: 2\nlm_eval: {model_args: {parallelize: true}}\n"), 5)
+    split = scoring.score_workers(load(tmp_path, "jobs: 2\nlm_eval: {model_args: {parallelize: true}}\n"), 5)
     assert [(w.env["CUDA_VISIBLE_DEVICES"], w.args, w.processes) for w in split] == [("0,1", [], 1), ("2,3", [], 1)]
 
 

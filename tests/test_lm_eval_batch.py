@@ -64,7 +64,7 @@ def test_a_bad_job_file_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_experiment_scores_split_logs_and_name_the_failed_job(tiny_models, offline_data, tmp_path):
-    from fmtspec.experiment import run_scores, score_job
+    from fmtspec.scoring import run_scores, score_job
 
     settings = {"batch_size": 4, "limit": 1, "gen_kwargs": "max_gen_toks=4"}
     good = score_job({"pretrained": tiny_models["mt5"]}, ["fmtspec_rte"], tmp_path / "good", settings,

@@ -70,7 +70,7 @@ def test_the_shipped_base_loads_and_its_weights_are_the_recorded_ones():
 
 
 def test_the_demo_and_mini_experiments_start_from_the_shipped_base_from_any_folder(tmp_path, monkeypatch):
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     monkeypatch.chdir(tmp_path)
     for name in ("demo_mini.yaml", "mini.yaml"):

@@ -225,7 +225,7 @@ def test_a_failed_start_with_logging_files_starts_again(tmp_path):
 
 
 def test_experiment_train_section_gives_every_run_its_logging(tmp_path):
-    from fmtspec.experiment import load_experiment
+    from fmtspec.experiment_file import load_experiment
 
     path = tmp_path / "exp.yaml"
     path.write_text(textwrap.dedent(f"""\

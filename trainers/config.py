@@ -12,44 +12,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fmtspec.core.errors import FmtspecError, did_you_mean
-
+from fmtspec.core.schema import Field, check, dotted_keys, merge
+from fmtspec.core.schema import defaults as schema_defaults
 from trainers.methods import METHODS
+
 SCRATCH_PREFIX = "mini:"  # `model: mini:bart`: a random model on the miniature world's word tokenizer
 SCRATCH_KINDS = ("bart",)
-
-
-@dataclass(frozen=True)
-class Field:
-    type: type | tuple  # int, float, str, bool, list, dict, or a tuple of them
-    default: Any = None
-    choices: tuple | None = None
-    nullable: bool = True
-    help: str = ""
-    min: float | None = None  # numbers: the allowed range, checked where values are coerced (`_coerce`)
-    max: float | None = None
-    gt: float | None = None  # exclusive bounds: lr > 0, dropout < 1
-    lt: float | None = None
-
-    def range_text(self) -> str | None:
-        """'at least 1', 'greater than 0', 'between 0 and 1', 'at least 0 and below 1', or None (no range)."""
-        if self.min is not None and self.max is not None:
-            return f"between {self.min} and {self.max}"
-        low = f"at least {self.min}" if self.min is not None else f"greater than {self.gt}" if self.gt is not None \
-            else None
-        high = f"at most {self.max}" if self.max is not None else f"below {self.lt}" if self.lt is not None else None
-        return " and ".join(part for part in (low, high) if part) or None
-
-    def in_range(self, value) -> bool:
-        return ((self.min is None or value >= self.min) and (self.max is None or value <= self.max)
-                and (self.gt is None or value > self.gt) and (self.lt is None or value < self.lt))
 
 
 # Defaults follow the ProMoT paper (A.2.4) and T5's fine-tuning set-up. Every number has its range (min/max
@@ -192,76 +166,19 @@ PRESETS = {
 }
 
 
-def _dotted_keys(schema: dict, where: str = "") -> list[str]:
-    out = []
-    for key, spec in schema.items():
-        out += _dotted_keys(spec, f"{where}{key}.") if isinstance(spec, dict) else [f"{where}{key}"]
-    return out
-
-
 def _suggest(key: str, siblings: dict, where: str) -> str:
     """The closest key of the same section, else a key of the same name elsewhere (`steps` -> `model_training.steps`)."""
     # the sections that hold a key of this name ("" the top level): the key is its own closest match there
-    sections = [d[:-len(key)] for d in _dotted_keys(SCHEMA) if d.rsplit(".", 1)[-1] == key]
+    sections = [d[:-len(key)] for d in dotted_keys(SCHEMA) if d.rsplit(".", 1)[-1] == key]
     return did_you_mean(key, siblings, where) or (did_you_mean(key, [key], sections[0]) if sections else "")
 
 
-def defaults(schema: dict = SCHEMA) -> dict:
-    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+def defaults() -> dict:
+    return schema_defaults(SCHEMA)
 
 
-def merge(base: dict, update: dict) -> dict:
-    """Nested update: sections merge key by key, other values replace."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "tasks":
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _check(section: dict, schema: dict, where: str = "") -> None:
-    for key, value in section.items():
-        dotted = f"{where}{key}"
-        if key not in schema:
-            raise FmtspecError(f"unknown config key '{dotted}'{_suggest(key, schema, where)}")
-        spec = schema[key]
-        if isinstance(spec, dict):
-            if not isinstance(value, dict):
-                raise FmtspecError(f"config key '{dotted}' must be a mapping of {', '.join(spec)}")
-            _check(value, spec, f"{dotted}.")
-            continue
-        section[key] = _coerce(dotted, value, spec)
-
-
-def _coerce(dotted: str, value, spec: Field):
-    if value is None:
-        if not spec.nullable:
-            raise FmtspecError(f"config key '{dotted}' must be set")
-        return None
-    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
-    if float in types and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:  # YAML reads 1e-3 as a string
-            value = float(value)
-        except ValueError:
-            pass
-    if int in types and isinstance(value, float) and value.is_integer() and float not in types:
-        value = int(value)
-    ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in types)
-    if not ok:
-        names = " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true/false",
-                             list: "a list", dict: "a mapping"}[t] for t in types)
-        raise FmtspecError(f"config key '{dotted}' must be {names}, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        raise FmtspecError(f"config key '{dotted}' is {value!r}; choose one of "
-                           f"{', '.join(map(str, spec.choices))}{did_you_mean(value, spec.choices)}")
-    allowed = spec.range_text()
-    if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or not spec.in_range(value):
-            raise FmtspecError(f"config key '{dotted}' must be {allowed}{' (or null)' if spec.nullable else ''}, "
-                               f"got {value!r}")
-    return value
+def _check(config: dict) -> None:
+    check(config, SCHEMA, hint=_suggest)
 
 
 def normalize_tasks(tasks) -> list[dict]:
@@ -333,7 +250,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
     for item in overrides:
         keys, value = parse_override(item)
         user = merge(user, _nest(keys, value))
-    _check(copy.deepcopy(user), SCHEMA)  # names and types of what the user wrote, before presets
+    _check(copy.deepcopy(user))  # names and types of what the user wrote, before presets
     preset = user.get("preset")
     config = defaults()
     if preset is not None:
@@ -348,7 +265,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), raw: dict | 
             config[section]["epochs"] = None
         elif "epochs" in given and "steps" not in given:
             config[section]["steps"] = None
-    _check(config, SCHEMA)
+    _check(config)
     if config["data"]["seed"] is None:  # recorded resolved: run.json names the seed of the data samples
         config["data"]["seed"] = config["seed"]
     config["tasks"] = normalize_tasks(config["tasks"])
