@@ -2,7 +2,7 @@
 
 Two processes (gloo, DS_ACCELERATOR=cpu) train the same small T5 (5.2M parameters; every weight matrix but the
 32 x 4 relative attention bias is >= 128 x 128, so T5X's rule factors it) for a few steps through
-deepspeed.initialize, with each optimizer of `trainers.engine.make_optimizer` at each ZeRO stage: `adafactor_t5x`
+deepspeed.initialize, with each optimizer of `trainers.trainer.make_optimizer` at each ZeRO stage: `adafactor_t5x`
 (trainers/optim.py), Hugging Face's `adafactor` and torch's `adamw`. For every run it reports the bytes of the
 optimizer's own state (its moments) on each process, divided by the model's parameter count, beside DeepSpeed's
 fp32 master copy of the weights, and how far the final weights are from the same optimizer's ZeRO-0 run (max |w - w_zero0| over the largest
@@ -35,7 +35,7 @@ def worker(steps: int, out: Path) -> None:
     from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from trainers.engine import make_optimizer
+    from trainers.trainer import make_optimizer
     from trainers.optim import attach
 
     torch.set_num_threads(1)

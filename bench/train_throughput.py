@@ -55,7 +55,7 @@ def load_config(args, method: str, steps: int) -> dict:
 def features(config: dict):
     """The training examples exactly as `fmtspec train` tokenizes them."""
     from trainers.data import Encoder, render_examples, uses_sentinel
-    from trainers.recipes import load_model
+    from trainers.models import load_model
 
     model, tokenizer, enc_dec = load_model(config["model"], config["dropout"])
     encoder = Encoder(tokenizer, encoder_decoder=enc_dec,

@@ -7,14 +7,14 @@ and ZeRO-3, side by side in one run (issue 17: under ZeRO-3 no process is to hol
 A random T5 (d_model 768, d_ff 3072, 12 + 12 layers, untied head, the tiny models' 1k-token vocabulary: ~200M
 parameters, 0.74 GiB in fp32) is built once and saved with save_pretrained into a temporary folder (in a
 subprocess: a child's ru_maxrss starts from its parent's). Then, for each run, two worker processes (gloo, one
-thread each) do what `fmtspec train` does: `build_trainer` (the load: trainers.recipes.load_model; under ZeRO-3
-partitioned by trainers.engine.partitioned_loading) and `Trainer.train_stage` (deepspeed.initialize, then
+thread each) do what `fmtspec train` does: `build_trainer` (the load: trainers.train.load_model; under ZeRO-3
+partitioned by trainers.trainer.partitioned_loading) and `Trainer.train_stage` (deepspeed.initialize, then
 `--steps` AdamW steps on the fmtspec_rte fixtures, batch 2 = 1 per process, inputs <= 128 tokens, fp32).
 Validation and checkpoints are left out (stubbed): they read whole weights, which under ZeRO-3 gathers the whole
 model in every process, and are neither the load nor the training step.
 
 Runs: `zero0` and `zero3` (configs/deepspeed/zero{0,3}.json as the trainer builds them: under ZeRO-3 the
-partitioned load, trainers.engine.zero3_sizes, share_fp32_partitions and release_freed_host_memory);
+partitioned load, trainers.trainer.zero3_sizes, share_fp32_partitions and release_freed_host_memory);
 `--plain-zero3` adds ZeRO-3 with the load of before (every process loads the whole model, deepspeed.initialize
 partitions it); `--deepspeed-sizes` adds ZeRO-3 with DeepSpeed's own 1e9-element stage3_max_live_parameters,
 stage3_max_reuse_distance and sub_group_size (DEEPSPEED_SIZES below) instead of the trainer's P / 10.
@@ -94,8 +94,8 @@ def worker(args) -> None:
     import torch
 
     from trainers.config import load_config
-    from trainers.engine import Evaluation, Stage, init_distributed, rank
-    from trainers.recipes import build_trainer
+    from trainers.trainer import Evaluation, Stage, init_distributed, rank
+    from trainers.train import build_trainer
 
     torch.set_num_threads(1)
     init_distributed()
@@ -107,13 +107,13 @@ def worker(args) -> None:
     if args.plain_load:  # the load of before: every process loads the whole model
         from contextlib import contextmanager
 
-        import trainers.recipes as recipes
+        import trainers.train as train_module
 
         @contextmanager
         def plain(config):
             yield None
 
-        recipes.partitioned_loading = plain
+        train_module.partitioned_loading = plain
     sampler.phase = "load"
     tick = time.perf_counter()
     trainer, _ = build_trainer(config, Path(args.run_dir), args.model)

@@ -242,7 +242,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
     from fmtspec.core.run_folder import read_manifest
     from model_adapters.soft_prompt import load_soft_prompt
     from trainers.data import Encoder, collate, render_examples, sample_seed
-    from trainers.recipes import load_model
+    from trainers.models import load_model
     from trainers.soft_prompt_model import PromptedModel
 
     run_dir = Path(run_dir)

@@ -56,7 +56,7 @@ def world(tiny_models, tmp_path_factory):
     are cut short, a soft prompt of the wrong width, a finished run, results files that are not sound."""
     from model_adapters.soft_prompt import save_soft_prompt
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     root = tmp_path_factory.mktemp("bad_inputs")
     w = {"root": root, "t5": tiny_models["t5"], "mt5": tiny_models["mt5"]}

@@ -90,9 +90,9 @@ def numeric_keys(schema=None, where=""):
 
 @pytest.fixture
 def stub_train(monkeypatch):
-    """`fmtspec train` up to the trainer: trainers.recipes.train replaced by a stub recording the config."""
+    """`fmtspec train` up to the trainer: trainers.train.train replaced by a stub recording the config."""
     calls = []
-    module = types.ModuleType("trainers.recipes")
+    module = types.ModuleType("trainers.train")
 
     def train(config, output, *, resume=False):
         calls.append(config)
@@ -100,7 +100,7 @@ def stub_train(monkeypatch):
         return Path(output)
 
     module.train = train
-    monkeypatch.setitem(sys.modules, "trainers.recipes", module)
+    monkeypatch.setitem(sys.modules, "trainers.train", module)
     return calls
 
 
@@ -393,7 +393,7 @@ def test_a_run_trained_before_a_key_was_added_is_not_called_changed(tmp_path):
 def test_load_model_never_runs_or_asks_about_a_folders_own_code(tmp_path, monkeypatch):
     """A model folder whose config.json maps to its own code (`auto_map`): with trust_remote_code off (the
     default) transformers neither asks "[y/N]" nor runs the code; loading is one error line."""
-    from trainers.recipes import load_model
+    from trainers.models import load_model
 
     folder = model_folder(tmp_path / "custom", model_type="fmtspec_custom",
                           auto_map={"AutoConfig": "configuration_custom.CustomConfig",
@@ -420,7 +420,7 @@ def test_load_model_never_runs_or_asks_about_a_folders_own_code(tmp_path, monkey
 def test_load_model_passes_trust_remote_code_to_every_from_pretrained(monkeypatch):
     import transformers
 
-    from trainers.recipes import load_model
+    from trainers.models import load_model
 
     seen = []
 

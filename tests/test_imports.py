@@ -110,12 +110,12 @@ def test_no_modules_import_each_other_in_a_circle():
 def test_the_walk_sees_function_level_imports_and_a_circle(tmp_path):
     """The checks can fail: a function-level import is an edge, and two modules importing each other are caught."""
     a, b = tmp_path / "a.py", tmp_path / "b.py"
-    a.write_text("def f():\n    from trainers import recipes\n")
+    a.write_text("def f():\n    from trainers import train\n")
     b.write_text("import fmtspec.core.errors\nfrom fmtspec import experiment\n")
     known = modules()
-    assert imports(a, known) == {"trainers", "trainers.recipes"}
+    assert imports(a, known) == {"trainers", "trainers.train"}
     assert imports(b, known) == {"fmtspec", "fmtspec.core.errors", "fmtspec.experiment"}
-    assert layer("trainers.recipes") > layer("harness_tasks.data") > layer("fmtspec.core.errors")
+    assert layer("trainers.train") > layer("harness_tasks.data") > layer("fmtspec.core.errors")
     assert layer("fmtspec.experiment") > layer("leaderboards.board") and layer("fmtspec.cli") > layer("fmtspec.experiment")
     assert "fmtspec.core.run_folder" in known and "harness_tasks.a2t.utils" not in known
     assert circles({"x": {"y"}, "y": {"z"}, "z": {"x"}, "w": {"x"}, "v": set()}) == [["x", "y", "z"]]

@@ -21,7 +21,7 @@ def make_experiment(root, with_runs=True):
         if i and with_runs:
             (folder / "run.json").write_text(json.dumps(
                 {"format": "fmtspec-run/1", "method": label, "base_model": "google/mt5-xxl", "model": "model"}))
-            rows = []  # as trainers/engine.py logs them: training rows, and validation rows every 100 steps
+            rows = []  # as trainers/trainer.py logs them: training rows, and validation rows every 100 steps
             for step in range(10, 501, 10):
                 rows.append({"step": step, "stage": 1, "loss": 3 * math.exp(-step / (100 * i)) + 0.5, "lr": 1e-3,
                              "tokens_per_s": 1000.0})

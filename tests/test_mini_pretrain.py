@@ -36,7 +36,7 @@ def config(*overrides):
 
 @pytest.fixture(scope="module")
 def pretrained(world):
-    from trainers.recipes import train
+    from trainers.train import train
 
     # validation one document at a time: its predictions are then computed exactly as a plain generate()
     # of one example computes them (padding in a batch changes float sums, hence near-tied greedy choices)
@@ -54,7 +54,7 @@ def digest(state_dict):
 
 
 def test_pretraining_steps_write_a_run_folder_and_change_the_model(pretrained, world):
-    from trainers.scratch import build_scratch
+    from trainers.models import build_scratch
 
     m = manifest(pretrained)
     assert (m["method"], m["base_model"], m["model"], m["steps"], m["prompts"]) == ("pretrain", "mini:bart", "model",
@@ -103,7 +103,7 @@ def test_the_base_loads_with_its_tokenizer_and_generates_what_validation_scored(
 
 def test_a_finetune_run_starts_from_the_pretrained_base(pretrained, world):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     raw = {"method": "finetune", "init_from": str(pretrained), "tasks": ["fmtspec_mini_target"], "optimizer": "adamw",
            "model_training": {"steps": 2, "eval_every": 2, "lr": 1e-3}, "batch_size": 4, "dropout": 0.0,
@@ -119,7 +119,7 @@ def test_a_finetune_run_starts_from_the_pretrained_base(pretrained, world):
 
 def test_a_share_of_the_training_inputs_is_one_shot(world):
     from harness_tasks.examples import render
-    from trainers.recipes import training_examples
+    from trainers.train import training_examples
 
     zero_shot = render("fmtspec_mini_sort", "train", limit=40)
     quarter = training_examples("fmtspec_mini_sort", config(), 0)
@@ -133,7 +133,7 @@ def test_a_share_of_the_training_inputs_is_one_shot(world):
 
 
 def test_cached_base_trains_once_per_config_hash(world, monkeypatch, capsys):
-    import trainers.recipes
+    import trainers.train
     from trainers import cli
     from trainers.pretrain import cache_key, cached_base
 
@@ -151,7 +151,7 @@ def test_cached_base_trains_once_per_config_hash(world, monkeypatch, capsys):
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(trainers.recipes, "train", no_training)
+    monkeypatch.setattr(trainers.train, "train", no_training)
     assert cached_base(config()) == first
     assert cli.run(Namespace(config=str(TINY_PRETRAIN), overrides=[], output=None, resume=False, cached=True)) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"run folder: {first}"
@@ -179,7 +179,7 @@ def test_bad_pretrain_config_is_one_line(overrides, message):
 
 
 def test_inputs_longer_than_the_learned_positions_are_refused(world):
-    from trainers.scratch import build_scratch
+    from trainers.models import build_scratch
 
     with pytest.raises(FmtspecError, match="exceed the model's 128 learned positions"):
         build_scratch(config("max_input_length=256"))
@@ -264,7 +264,7 @@ def test_prompt_tuning_leaves_the_other_mini_tasks_exactly_as_the_pretrained_mod
     import sys
 
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     raw = {"method": "prompt_tuning", "init_from": str(pretrained), "tasks": ["fmtspec_mini_target"],
            "optimizer": "adamw", "prompt": {"length": 4}, "prompt_training": {"steps": 3, "eval_every": 3, "lr": 0.5},

@@ -218,7 +218,7 @@ def test_deepspeed_zero_stages_step_like_zero0():
     sub-groups and with the fp32 partitions shared with the parameters'."""
     import deepspeed
 
-    from trainers.engine import init_distributed, share_fp32_partitions, single_process_env, zero3_sizes
+    from trainers.trainer import init_distributed, share_fp32_partitions, single_process_env, zero3_sizes
 
     def train(stage):
         torch.manual_seed(0)
@@ -262,7 +262,7 @@ def test_promot_under_zero1_trains_each_stage_with_its_rule(tiny_models, tmp_pat
     import json
 
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
     from fmtspec.core.run_folder import load_nested
 
     monkeypatch.setenv("FMTSPEC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "harness_tasks" / "fixtures"))

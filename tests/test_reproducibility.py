@@ -33,7 +33,7 @@ def default_world(tmp_path_factory):
 def test_the_shipped_base_is_what_configs_mini_pretrain_yaml_trains(default_world, monkeypatch):
     """Its recorded cache key is the one of today's config, architecture, vocabulary and world: a change to any
     of them without `make mini-base` fails here. cached_base hands it out without training."""
-    import trainers.recipes
+    import trainers.train
     from trainers.config import NOT_IN_CACHE_KEY, load_config
     from trainers.pretrain import SHIPPED_BASE, cache_key, cached_base, find_base
 
@@ -45,7 +45,7 @@ def test_the_shipped_base_is_what_configs_mini_pretrain_yaml_trains(default_worl
     assert manifest["config"] == {k: v for k, v in json.loads(json.dumps(config)).items()
                                   if k not in NOT_IN_CACHE_KEY or k in manifest["config"]}
     assert SHIPPED_BASE == SHIPPED and find_base(config) == SHIPPED
-    monkeypatch.setattr(trainers.recipes, "train", lambda *a, **k: pytest.fail("the shipped base was retrained"))
+    monkeypatch.setattr(trainers.train, "train", lambda *a, **k: pytest.fail("the shipped base was retrained"))
     assert cached_base(config, log=lambda line: None) == SHIPPED
     assert find_base(load_config(REPO / "configs" / "mini" / "pretrain.yaml", ["seed=1"])) is None
 
@@ -84,7 +84,7 @@ def test_ship_base_swaps_a_finished_pretraining_run_in_whole(tmp_path, monkeypat
     from harness_tasks.mini_world import write_world
     from trainers.config import load_config
     from trainers.pretrain import cache_key, ship_base
-    from trainers.recipes import train
+    from trainers.train import train
 
     write_world(tmp_path / "data", seed=0, sizes={"train": 16, "validation": 4, "test": 4})
     monkeypatch.setenv("FMTSPEC_DATA_DIR", str(tmp_path / "data"))
@@ -151,7 +151,7 @@ def test_a_one_process_cpu_run_compiles_no_deepspeed_op(tmp_path):
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     code = ("import os; os.environ.update(WORLD_SIZE='1', RANK='0', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1', "
-            f"MASTER_PORT='{port}'); from trainers.engine import init_distributed; init_distributed(); "
+            f"MASTER_PORT='{port}'); from trainers.trainer import init_distributed; init_distributed(); "
             "import deepspeed.ops; print('shm', deepspeed.ops.__compatible_ops__['deepspeed_shm_comm'])")
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,

@@ -31,7 +31,7 @@ def env() -> dict:
 def finished(tiny_models, data_env, tmp_path_factory):
     """(overrides, run folder) of one finished tiny joint run: model/ and soft_prompt/, trained once."""
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     overrides = [f"model={tiny_models['mt5']}"]
     return overrides, train(load_config(TINY / "joint.yaml", overrides), tmp_path_factory.mktemp("finished") / "run")
@@ -84,7 +84,7 @@ def check_run(run: Path, expected: dict) -> None:
 
 def test_a_second_training_into_the_same_folder_is_refused_and_the_first_completes(tiny_models, data_env, tmp_path,
                                                                                    capsys):
-    import trainers.recipes  # noqa: F401  (imported before: the second training reaches the lock at once)
+    import trainers.train  # noqa: F401  (imported before: the second training reaches the lock at once)
     import deepspeed  # noqa: F401
 
     out = tmp_path / "run"
@@ -123,7 +123,7 @@ def interrupt_writes(n: int, action):
     import safetensors.torch
     import transformers.modeling_utils
 
-    from trainers import recipes
+    from trainers import train as train_module
 
     state = {"active": False, "calls": 0}
 
@@ -144,9 +144,9 @@ def interrupt_writes(n: int, action):
         finally:
             state["active"] = False
 
-    finish = recipes.finish
+    finish = train_module.finish
     patched = [(os, "replace"), (shutil, "rmtree"), (safetensors.torch, "save_file"),
-               (transformers.modeling_utils, "safe_save_file"), (recipes, "finish")]
+               (transformers.modeling_utils, "safe_save_file"), (train_module, "finish")]
     originals = [(module, name, getattr(module, name)) for module, name in patched]
     for module, name, fn in originals:
         setattr(module, name, finishing if fn is finish else counted(fn))
@@ -164,7 +164,7 @@ sys.path.insert(0, sys.argv[1])
 from test_run_folder_faults import interrupt_writes
 import deepspeed
 from trainers.config import load_config
-from trainers.recipes import build_trainer, train
+from trainers.train import build_trainer, train
 
 source, work, config_file = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 config = load_config(config_file, json.loads(sys.argv[5]))
@@ -227,7 +227,7 @@ def test_finish_killed_at_each_write_leaves_the_old_or_the_new_run(finished, tmp
 
 def test_finish_interrupted_at_each_write_leaves_the_old_or_the_new_run(finished, tmp_path):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     overrides, source = finished
     expected = json.loads((source / "run.json").read_text())
@@ -300,7 +300,7 @@ def test_sigterm_stops_with_one_line_and_a_checkpoint_that_resume_continues(tiny
     (["preempt_checkpoint_s=0", "model_training.eval_every=0"], "no checkpoint yet"),  # 0: never at the signal
 ])
 def test_sigint_at_a_step_stops_there(overrides, kept, tiny_models, data_env, tmp_path, capsys, monkeypatch):
-    from trainers.engine import Trainer
+    from trainers.trainer import Trainer
 
     log = Trainer.log
 

@@ -111,7 +111,7 @@ def wandb_run(folder: Path) -> tuple:
 def test_tensorboard_and_wandb_hold_metrics_jsonl_and_resume_shows_no_step_twice(tiny_models, offline_data,
                                                                                  wandb_env, tmp_path):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}", "logging.tensorboard=true",
                                                   "logging.wandb.project=fmtspec-tests",

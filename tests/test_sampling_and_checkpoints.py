@@ -92,7 +92,7 @@ def test_one_shot_training_draws_demonstrations_from_train_and_the_run_records_i
     draws its demonstrations from train, validation stays 0-shot, and run.json records the sample's seed."""
     from harness_tasks.examples import render, sample_rows
     from trainers.config import load_config
-    from trainers.recipes import train, training_examples
+    from trainers.train import train, training_examples
 
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}", f"tasks=[{TASK}]", "shots=1",
                                                   "data.limit=12", "model_training.steps=2", "eval.max_new_tokens=4"])
@@ -129,9 +129,9 @@ def _sizes(run):
 def promot_runs(tiny_models, tmp_path_factory):
     """ProMoT on the bundled fixtures, 4 prompt + 6 model steps (a checkpoint every 2): keep_checkpoints auto on
     the tiny model (all kept), and auto as for a model of XL size (the threshold lowered)."""
-    import trainers.engine
+    import trainers.trainer
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
@@ -139,13 +139,13 @@ def promot_runs(tiny_models, tmp_path_factory):
         config = load_config(TINY / "promot.yaml", [f"model={tiny_models['mt5']}", "model_training.steps=6",
                                                     "eval.limit=2", "eval.max_new_tokens=4"])
         runs["small"] = train(config, tmp_path_factory.mktemp("small") / "run")
-        mp.setattr(trainers.engine, "AUTO_KEEP_MIN_PARAMETERS", 1)
+        mp.setattr(trainers.trainer, "AUTO_KEEP_MIN_PARAMETERS", 1)
         runs["xl"] = train(config, tmp_path_factory.mktemp("xl") / "run")
     return runs
 
 
 def test_prompt_stages_write_no_model_weights_and_checkpoints_record_their_size(promot_runs):
-    from trainers.engine import disk_bytes
+    from trainers.trainer import disk_bytes
 
     run = promot_runs["small"]
     states = _sizes(run)
@@ -189,7 +189,7 @@ class _Stub:
             (folder / TRAINER_STATE).write_text("{}")
 
     def prune(self, stage, local, evaluations):
-        from trainers.engine import StageResult, Trainer
+        from trainers.trainer import StageResult, Trainer
 
         self._keep_checkpoints = Trainer._keep_checkpoints.__get__(self)
         Trainer._prune(self, stage, local, StageResult(evaluations=evaluations))
@@ -199,7 +199,7 @@ class _Stub:
 
 
 def test_pruning_keeps_each_tasks_best_prompt_and_a_finished_stages_chosen(tmp_path):
-    from trainers.engine import Evaluation, Stage
+    from trainers.trainer import Evaluation, Stage
 
     def ev(step, a, b):
         return Evaluation(step, {}, {"t0": a, "t1": b}, (a + b) / 2)

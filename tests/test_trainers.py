@@ -21,7 +21,7 @@ TINY = REPO / "configs" / "tiny"
 def train_tiny(tiny_models, data_env, tmp_path_factory):
     """train_tiny(config_name, *overrides, kind="mt5") -> run folder (each distinct run trained once)."""
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     done = {}
 
@@ -184,7 +184,7 @@ def test_promot_stage1_from_a_prompt_tuning_run(train_tiny, tiny_models):
     import torch
 
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     tuned = train_tiny("prompt_tuning")
     run = train_tiny("promot", f"stage1_from={tuned}")
@@ -382,7 +382,7 @@ def test_training_inputs_are_the_evaluation_prompts(kind, tiny_models, data_env)
 
     from harness_tasks.formats import FORMATS
     from trainers.config import load_config
-    from trainers.recipes import build_trainer
+    from trainers.train import build_trainer
 
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models[kind]}", "data.split=validation"])
     trainer, n = build_trainer(config, Path("unused"), str(tiny_models[kind]))
@@ -410,7 +410,7 @@ def test_one_shot_training_prepends_a_demonstration_of_the_same_task(tiny_models
 
     from harness_tasks.examples import render
     from trainers.config import load_config
-    from trainers.recipes import build_trainer
+    from trainers.train import build_trainer
 
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models['llama']}", "shots=1"])
     trainer, n = build_trainer(config, Path("unused"), str(tiny_models["llama"]))
@@ -476,7 +476,7 @@ def test_mixture_sampler_follows_the_weights_and_resumes_exactly():
 
 def test_missing_dataset_field_is_one_clear_line(tmp_path, tiny_models, monkeypatch):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     data = tmp_path / "data"
     shutil.copytree(FIXTURES / "rte", data / "rte")
@@ -498,7 +498,7 @@ def test_nan_loss_stops_keeps_the_last_good_checkpoint_and_resume_is_exact(tmp_p
     import torch
 
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
     from trainers.soft_prompt_model import PromptedModel
 
     config = load_config(TINY / "finetune.yaml", [f"model={tiny_models['mt5']}"])
@@ -553,7 +553,7 @@ def test_checkpoints_are_atomic(tmp_path):
 
 def test_output_folder_in_use_needs_resume(tmp_path, tiny_models, data_env):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "something").write_text("x")

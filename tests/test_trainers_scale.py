@@ -44,7 +44,7 @@ def fmtspec_train(*args, processes: int = 1, timeout: int = 300) -> subprocess.C
 
 def train_in_process(name, overrides, out):
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
@@ -177,7 +177,7 @@ def test_resume_after_sigkill_at_a_random_step_is_exact(zero, optimizer, tiny_mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     reference = tmp_path / "reference"
     with pytest.MonkeyPatch.context() as mp:
@@ -198,7 +198,7 @@ def test_resume_after_sigkill_at_a_random_step_is_exact(zero, optimizer, tiny_mo
 def test_resume_with_another_process_count_than_the_zero_partitions_is_one_clear_line(tiny_models, tmp_path):
     from fmtspec.core.errors import FmtspecError
     from trainers.config import load_config
-    from trainers.recipes import train
+    from trainers.train import train
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))
@@ -224,7 +224,7 @@ def test_prompt_init_from_a_zero3_partitioned_embedding_gathers_it(init, tiny_mo
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from trainers.engine import init_distributed, single_process_env
+    from trainers.trainer import init_distributed, single_process_env
     from trainers.soft_prompt_model import init_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["mt5"])

@@ -22,8 +22,9 @@ CHILD = r"""
 import json, sys
 import torch
 from trainers.config import load_config
-from trainers.engine import init_distributed, partitioned_loading, rank, state_digest
-from trainers.recipes import build_trainer, load_model
+from trainers.trainer import init_distributed, partitioned_loading, rank, state_digest
+from trainers.models import load_model
+from trainers.train import build_trainer
 
 model_path, run_dir = sys.argv[1], sys.argv[2]
 init_distributed()
@@ -77,7 +78,7 @@ def test_zero3_loads_partitioned_through_zero_init_and_bit_identical(tiny_models
     import torch
 
     from trainers.config import load_config
-    from trainers.recipes import load_model
+    from trainers.models import load_model
     from fmtspec.core.run_folder import weights_digest
     from trainers.soft_prompt_model import init_prompt
 
@@ -129,8 +130,8 @@ def test_below_zero3_the_load_is_plain(tiny_models):
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     from trainers.config import load_config
-    from trainers.engine import partitioned_loading
-    from trainers.recipes import load_model
+    from trainers.trainer import partitioned_loading
+    from trainers.models import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FMTSPEC_DATA_DIR", str(FIXTURES))

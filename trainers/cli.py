@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     output = Path(args.output) if args.output else default_output(args.config)
 
-    from trainers.engine import Stopped, barrier
-    from trainers.recipes import train
+    from trainers.trainer import Stopped, barrier
+    from trainers.train import train
 
     main = os.environ.get("RANK", "0") == "0"  # print once, not once per launched process
     try:

@@ -1,7 +1,7 @@
 """`method: pretrain`: the miniature world's base model, trained from scratch on a mixture of its tasks.
 
     method: pretrain
-    model: mini:bart            # a random BART (trainers.scratch) on the world's word tokenizer
+    model: mini:bart            # a random BART (trainers.models) on the world's word tokenizer
     architecture: {d_model: 128, encoder_layers: 3, decoder_layers: 3, attention_heads: 4, ffn_dim: 512}
     tasks: [fmtspec_mini_copy, ...]
     shots: 1
@@ -33,7 +33,7 @@ from pathlib import Path
 from fmtspec.core.atomic_files import atomic_folder
 from fmtspec.core.errors import FmtspecError
 from trainers.config import NOT_IN_CACHE_KEY, SCRATCH_PREFIX, config_hash, is_scratch
-from trainers.scratch import scratch_config
+from trainers.models import scratch_config
 
 CACHE_SUBDIR = "mini_base"
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "models" / "mini_pretrained"
@@ -93,7 +93,7 @@ def find_base(config: dict) -> Path | None:
 def cached_base(config: dict, *, log=print) -> Path:
     """The run folder of `config`'s pretraining: the shipped base or one in the cache, else trained into the
     cache (atomic_folder: concurrent callers never see half a run, the first to finish wins)."""
-    from trainers.recipes import train
+    from trainers.train import train
 
     if config["method"] != "pretrain":
         raise FmtspecError(f"a cached base is a method: pretrain run, not {config['method']}")

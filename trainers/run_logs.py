@@ -89,7 +89,7 @@ class RunLogs:
         self.tensorboard = rf.tensorboard_dir(config, self.run_dir)
         self.wandb = wandb_settings(config)
         self.write = write and (self.tensorboard is not None or self.wandb is not None)
-        # a resumed run continues after its newest checkpoint (trainers.recipes.open_run); a new one at step 1
+        # a resumed run continues after its newest checkpoint (trainers.train.open_run); a new one at step 1
         self.resume_step = max(rf.checkpoint_steps(self.run_dir), default=0) if self.write else 0
         self._opened = False
         self._tb = None  # SummaryWriter

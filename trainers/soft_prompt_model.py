@@ -26,7 +26,7 @@ class PromptedModel(nn.Module):
         return len(self.prompts) > 0
 
     def register_zero3_prompts(self) -> None:
-        """Under ZeRO-3 the prompts are partitioned like the model's weights (engine.partition_rest). They sit
+        """Under ZeRO-3 the prompts are partitioned like the model's weights (trainer.partition_rest). They sit
         in a ParameterList, whose forward never runs: tell ZeRO-3 that this module's forward uses them, so that
         they are gathered before it and released after it like a module's own parameters."""
         import deepspeed

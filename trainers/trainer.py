@@ -1,4 +1,5 @@
-"""The training engine: DeepSpeed set-up, the loop of one stage, validation, and atomic checkpoints.
+"""The Trainer: DeepSpeed set-up, the steps of one stage, validation, and atomic checkpoints (trainers/train.py
+runs it, stage by stage).
 
 The same code runs on a GPU cluster and on a CPU: DeepSpeed's engine in every case (bf16 on GPUs,
 since T5 diverges in fp16; fp32 on CPU), the ZeRO stage from `engine.deepspeed`.
@@ -27,7 +28,6 @@ import atexit
 import inspect
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -45,6 +45,7 @@ from fmtspec.core import run_folder as rf
 from fmtspec.core.atomic_files import atomic_folder, remove_folder
 from fmtspec.core.errors import FmtspecError
 from trainers.data import collate
+from trainers.methods.base import Stage
 from trainers.run_logs import RunLogs
 
 DEEPSPEED_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
@@ -469,15 +470,6 @@ ZERO_STATE_KEYS = ("base_optimizer_state", "single_partition_of_fp32_groups", "o
                    "fp32_flat_groups", "fp32_groups", "fp32_groups_flat", "group_paddings",
                    "param_alignment_paddings", "partition_count", "clip_grad", "cur_scale", "cur_iter",
                    "last_overflow_iter", "scale_factor", "scale_window")
-
-
-@dataclass
-class Stage:
-    number: int  # 1 or 2
-    trains: tuple[str, ...]  # of "model", "prompt", "lora"
-    steps: int
-    lr: float
-    eval_every: int
 
 
 @dataclass
@@ -1057,9 +1049,3 @@ def save_lora(folder: Path, model, *, base_model: str) -> None:
     # PeftModel names its weights from its own root: base_model.model.<module path>
     state = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(state, str(folder / "adapter_model.safetensors"))
-
-
-def steps_for(section: dict, n_examples: int, batch_size: int) -> int:
-    if section["epochs"] is not None:
-        return max(1, math.ceil(section["epochs"] * n_examples / batch_size))
-    return section["steps"]

@@ -1,5 +1,6 @@
-"""The run of a method (trainers/methods.py: its stages) over one prompted model: `plan`, `build_trainer`,
-and `train()`, which builds the run and writes its folder. The methods:
+"""`train()`: one run, top to bottom (torchtune's recipes): check the output folder, lock it, build the prompted
+model and its data (`build_trainer`), train each stage of the method's plan (trainers/methods/) with the
+Trainer (trainers/trainer.py), and write the run folder (`finish`: fmtspec.core.run_folder). The methods:
 
     finetune       model                                      (standard fine-tuning)
     prompt_tuning  prompt                                     (model frozen)
@@ -18,21 +19,10 @@ from fmtspec.core import run_folder as rf
 from fmtspec.core.atomic_files import recover, remove_folder, swap_in
 from fmtspec.core.errors import FmtspecError
 from trainers.config import config_hash, is_scratch
-from trainers.engine import (Stage, Trainer, barrier, init_distributed, is_main, on_main, partition_rest,
-                             partitioned_loading, single_process_env, state_digest, steps_for, stop_on_signals)
-from trainers.methods import REGISTRY
-from trainers.scratch import build_scratch
-
-
-def plan(config: dict, n_examples: int) -> list[Stage]:
-    """The stages of `config["method"]` (trainers/methods.py), with steps resolved (epochs count the whole
-    mixture)."""
-    stages = []
-    for number, spec in enumerate(REGISTRY[config["method"]].stages(config), 1):
-        section = config[spec.section]
-        stages.append(Stage(number, spec.trains, steps_for(section, n_examples, config["batch_size"]),
-                            spec.lr(config) if spec.lr else section["lr"], section["eval_every"]))
-    return stages
+from trainers.methods import REGISTRY, plan
+from trainers.models import build_scratch, load_model
+from trainers.trainer import (Trainer, barrier, init_distributed, is_main, on_main, partition_rest, partitioned_loading,
+                              single_process_env, state_digest, stop_on_signals)
 
 
 def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
@@ -45,37 +35,6 @@ def resolve_start(config: dict) -> tuple[str, str | None, list[str]]:
     parent = str(Path(parent).resolve())
     manifest = read_manifest(parent)
     return model_path(parent, manifest), parent, [*manifest.get("chain", []), parent]
-
-
-def load_model(path: str, dropout: float | None, *, trust_remote_code: bool = False):
-    """Model and tokenizer, with the config's dropout on every dropout knob the architecture has. A folder's
-    own code (`auto_map`) runs only with `trust_remote_code` (config key of that name): otherwise transformers
-    neither asks on the terminal nor runs it, and a model that needs it is one error line."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    trust = bool(trust_remote_code)  # never None: None makes transformers ask "[y/N]" on a terminal
-    try:
-        mconf = AutoConfig.from_pretrained(path, trust_remote_code=trust)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-    except (OSError, ValueError) as exc:
-        raise FmtspecError(f"cannot load model {path}: {str(exc).splitlines()[0]}") from None
-    if dropout is not None:
-        for knob in ("dropout_rate", "dropout", "attention_dropout", "hidden_dropout", "resid_pdrop",
-                     "embd_pdrop", "attn_pdrop"):
-            if isinstance(getattr(mconf, knob, None), float):
-                setattr(mconf, knob, dropout)
-    encoder_decoder = bool(getattr(mconf, "is_encoder_decoder", False))
-    cls = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
-    from safetensors import SafetensorError
-
-    try:
-        model = cls.from_pretrained(path, config=mconf, dtype="float32", trust_remote_code=trust)
-    except (OSError, SafetensorError) as exc:  # missing or truncated weights
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise FmtspecError(f"cannot load the weights of model {path}: {reason}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, encoder_decoder
 
 
 def training_examples(task: str, config: dict, t: int, tokenizer=None) -> list:
@@ -139,7 +98,7 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
         return feature
 
     method = REGISTRY[config["method"]]
-    lora = any("lora" in spec.trains for spec in method.stages(config))
+    lora = method.uses_lora(config)
     if lora:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -169,7 +128,7 @@ def build_trainer(config: dict, run_dir: Path, start_model: str):
 
 def train(config: dict, output: str | Path, *, resume: bool = False) -> Path:
     """Train `config` into the run folder `output` and return it. SIGTERM or SIGINT stops it with
-    `engine.Stopped` (the CLI's one line), a failed write into the folder is one FmtspecError line."""
+    `trainer.Stopped` (the CLI's one line), a failed write into the folder is one FmtspecError line."""
     run_dir = Path(output)
     rf.check_output(run_dir, resume)
     if config["threads"]:
@@ -246,7 +205,7 @@ def open_run(lock: rf.RunLock, run_dir: Path, config: dict, resume: bool) -> int
 def _train(config, run_dir, start_model, parent, chain, resume_from) -> None:
     import torch
 
-    from trainers.engine import rank
+    from trainers.trainer import rank
 
     trainer, n_examples = build_trainer(config, run_dir, start_model)
     torch.manual_seed(config["seed"] + 104729 * rank())  # each process its own dropout draws
@@ -314,15 +273,15 @@ def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start
     one, and resume being exact, their weights are the same, so either run.json describes them."""
     import shutil
 
-    trains_model = any("model" in s.trains for s in stages)
+    saves = REGISTRY[config["method"]].saves(config)  # "model", "prompts"
     n = len(config["tasks"])
     staging = run_dir / f"{rf.TMP}outputs"  # one name in every process: rank 0 alone writes it (the lock)
     if is_main():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     try:
-        trainer.save_outputs(staging, model=trains_model)  # collective under ZeRO-3; rank 0 writes
-        has_prompt = trainer.module.has_prompts or trainer.lora
+        trainer.save_outputs(staging, model="model" in saves)  # collective under ZeRO-3; rank 0 writes
+        has_prompt = "prompts" in saves
         prompts = ({t["name"]: rf.prompt_folder(t["name"], n, trainer.lora) for t in config["tasks"]}
                    if has_prompt else {})
         final_digest = trainer.model_digest()
@@ -331,7 +290,7 @@ def finish(trainer: Trainer, config: dict, run_dir: Path, stages, results, start
         manifest = rf.manifest(
             method=config["method"],
             base_model=start_model,
-            model="model" if trains_model else None,
+            model="model" if "model" in saves else None,
             prompts=prompts,
             prompt_type="lora" if trainer.lora else ("soft_prompt" if has_prompt else None),
             sentinel=trainer.encoder.sentinel,
