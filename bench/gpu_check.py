@@ -34,7 +34,7 @@ process is killed at the budget. What does not fit is listed under "skipped" wit
 The JSON and the table are rewritten after every phase, so an interrupted run leaves what it measured.
 `--dry-run`: fmtspec.tiny_models' t5 and a tiny Llama from this script's builder, CPU, fp32 (--dtype bfloat16
 checks the bf16 path on the CPU), a handful of requests and 2 training steps per ZeRO stage in this process
-(the first model), the same functions; tests/test_gpu_check.py runs it.
+(the first model), the same functions; tests/bench/test_gpu_check.py runs it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ BUDGET_S = 480  # 8 minutes, everything included
 RESERVE_S = 25  # kept free at the end: writing the results, a phase that overruns its estimate
 DEFAULT_ESTIMATE_S = {"build": 20, "eval": 25, "train": 45}  # a phase's estimate before one of its kind has run
 TOLERANCE = {"atol": 0.05, "rtol": 0.01}  # bf16: |promot_hf - reference| <= atol + rtol x |reference| per request
-TOLERANCE_FP32 = {"atol": 1e-4, "rtol": 0.0}  # fp32 (the dry run), as tests/test_promot_hf.py
+TOLERANCE_FP32 = {"atol": 1e-4, "rtol": 0.0}  # fp32 (the dry run), as tests/model_adapters/test_promot_hf.py
 PROMPT_LENGTH = 20
 MAX_GEN_TOKS = 32
 GEN_BATCH_SIZES = (1, 16)

@@ -94,7 +94,8 @@ def worker(args) -> None:
     import torch
 
     from trainers.config import load_config
-    from trainers.trainer import Evaluation, Stage, init_distributed, rank
+    from trainers.methods import Stage
+    from trainers.trainer import Evaluation, init_distributed, rank
     from trainers.train import build_trainer
 
     torch.set_num_threads(1)

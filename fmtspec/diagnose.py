@@ -20,6 +20,7 @@ import math
 import re
 from pathlib import Path
 
+from fmtspec.core.atomic_files import write_atomically, write_text_atomically
 from fmtspec.core.errors import FmtspecError
 
 MODULES = ("mlp", "q", "k", "v")
@@ -80,11 +81,16 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def write_specialization(table: dict, out_dir: Path, title: str) -> list[Path]:
+def _write_with_plot(data: dict, out_dir: Path, name: str, plot, title: str) -> list[Path]:
+    """out_dir/<name>.json and its plot out_dir/<name>.png, each written whole."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "specialization.json"
-    path.write_text(json.dumps(table, indent=2) + "\n")
-    return [path, _plot_specialization(table, out_dir / "specialization.png", title)]
+    path = out_dir / f"{name}.json"
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n")
+    return [path, plot(data, out_dir / f"{name}.png", title)]
+
+
+def write_specialization(table: dict, out_dir: Path, title: str) -> list[Path]:
+    return _write_with_plot(table, out_dir, "specialization", _plot_specialization, title)
 
 
 def _plot_specialization(table: dict, path: Path, title: str) -> Path:
@@ -122,7 +128,7 @@ def _plot_specialization(table: dict, path: Path, title: str) -> Path:
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
-    fig.savefig(path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
 
 
@@ -309,10 +315,7 @@ def alignment_for_run(run_dir, steps=("0", "final"), layer: str = "decoder:-1", 
 
 
 def write_alignment(result: dict, out_dir: Path, title: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "alignment.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return [path, _plot_alignment(result, out_dir / "alignment.png", title)]
+    return _write_with_plot(result, out_dir, "alignment", _plot_alignment, title)
 
 
 def _plot_alignment(result: dict, path: Path, title: str) -> Path:
@@ -333,5 +336,5 @@ def _plot_alignment(result: dict, path: Path, title: str) -> Path:
            title=f"{title}: gradient alignment, {result['task'].removeprefix('fmtspec_')}, layer {result['layer']}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    fig.savefig(path)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path

@@ -16,7 +16,7 @@ Everything is space-separated words (punctuation too), so the word-level tokeniz
 few-shot delimiter "\n\n" between a demonstration and the query is a token of its own.
 
 The world's BART (`bart_config`; `random_model` draws its weights) is what the trainers' `model: mini:bart`
-builds (trainers.scratch), and the config of fmtspec.tiny_models' `bart` kind.
+builds (trainers.models), and the config of fmtspec.tiny_models' `bart` kind.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmtspec.core.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError, read_json
 from fmtspec.core.run_folder import is_run_folder, read_manifest
 from harness_tasks.catalog import GROUPS, parse_task_name
 from harness_tasks.metrics import metric_range
@@ -50,14 +50,7 @@ class Checkpoint:
 
 def load_results_file(path: Path) -> dict:
     """The parsed file, or one clear error when it is not an lm-eval results file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise FmtspecError(f"{path} is not an lm-eval results file: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise FmtspecError(f"{path} is not an lm-eval results file: invalid JSON ({exc})") from None
-    except OSError as exc:
-        raise FmtspecError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = read_json(path, "an lm-eval results file")
     if not isinstance(data, dict):
         raise FmtspecError(f"{path} is not an lm-eval results file: a JSON {type(data).__name__}, not an object")
     results = data.get("results")

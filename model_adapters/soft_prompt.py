@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fmtspec.core.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError, read_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -74,10 +74,7 @@ def load_soft_prompt(folder: str | Path) -> SoftPrompt:
     for path in (config_path, weights_path):
         if not path.is_file():
             raise FmtspecError(f"soft prompt folder {folder} has no {path.name} (PEFT prompt-tuning format expected)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FmtspecError(f"cannot read {config_path}: {exc}") from None
+    config = read_json(config_path, "a PEFT adapter config")
     if config.get("peft_type") != "PROMPT_TUNING":
         raise FmtspecError(f"{config_path} has peft_type {config.get('peft_type')!r}, expected 'PROMPT_TUNING'")
     try:

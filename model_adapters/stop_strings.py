@@ -58,7 +58,11 @@ class StopStrings(transformers.StoppingCriteria):
     calls. `start` is where the generated tokens begin: the input width (decoder-only given `input_ids`), 0
     (given `inputs_embeds`) or 1 (after an encoder-decoder's decoder start token). Only the last
     max(len(stop)) + MARGIN tokens are decoded: a stop string of L characters lies within L tokens, and the
-    margin keeps it off the first decoded token, whose text can differ at a word boundary.
+    margin keeps it off the first decoded token, whose text can differ at a word boundary. A tail whose text
+    holds a stop string, or a replacement character, is checked again on the row's whole generated text: a
+    tail can begin inside a run of byte tokens, and a ByteFallback decoder (Llama's) renders a run that is not
+    valid UTF-8 as a whole as replacement characters, so the tail alone can show a stop string the text lacks
+    (`<0xE3><0x68>`: "h" alone, "\ufffd\ufffd" whole) or miss one the text has (a CJK run cut mid-character).
 
     With `token_text` (a `TokenText` of the same `decode`), only the rows whose last token's text a stop
     string can end in are decoded (on the host, at every step): a stop string that appeared with the last
@@ -110,5 +114,9 @@ class StopStrings(transformers.StoppingCriteria):
                 tails = input_ids[:, tail_start:] if len(rows) == len(done) else input_ids[rows, tail_start:]
                 for i, row in zip(rows, tails.tolist(), strict=True):
                     text = self.decode(row)
-                    done[i] = any(s in text for s in self.stops)
+                    found = any(s in text for s in self.stops)
+                    if found or "\ufffd" in text:  # the row's whole text decides (see the class's docstring)
+                        text = self.decode(input_ids[i, self.start:].tolist())
+                        found = any(s in text for s in self.stops)
+                    done[i] = found
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -43,7 +43,7 @@ import torch
 
 from fmtspec.core import run_folder as rf
 from fmtspec.core.atomic_files import atomic_folder, remove_folder
-from fmtspec.core.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError, read_json
 from trainers.data import collate
 from trainers.methods.base import Stage
 from trainers.run_logs import RunLogs
@@ -240,10 +240,7 @@ def deepspeed_config(config: dict, world_size: int = 1) -> dict:
         path = Path(name)
         if not path.is_file():
             raise FmtspecError(f"engine.deepspeed is {name!r}: neither zero0..zero3 nor a DeepSpeed JSON file")
-        try:
-            ds = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise FmtspecError(f"{path} is not valid JSON: {exc}") from None
+        ds = read_json(path, "a DeepSpeed JSON file")
     micro = config["micro_batch_size"] or config["batch_size"]
     if config["batch_size"] % (micro * world_size):
         raise FmtspecError(f"batch_size {config['batch_size']} is not divisible by micro_batch_size x processes "
@@ -279,7 +276,7 @@ def partitioned_loading(config: dict):
     module is built, in the config's dtype, on the device) and copies the checkpoint in one module at a time: rank
     0 reads the file (memory-mapped: its pages are in rank 0's resident memory while it loads), the module's
     parameters are gathered, filled on rank 0 and partitioned again (the other processes read only names and
-    shapes). The weights are bit for bit those of a plain load (tests/test_zero3_load.py); in bf16 they are
+    shapes). The weights are bit for bit those of a plain load (tests/trainers/test_zero3_load.py); in bf16 they are
     rounded at the load instead of at deepspeed.initialize, to the same values. Models built by a constructor
     (`mini:` scratch models) are not partitioned by it: `partition_rest` does that.
 

@@ -1,5 +1,6 @@
-"""fmtspec's one error type, the "(did you mean 'x'?)" hint its messages end with, and the hook that prints
-it as one line where no fmtspec command catches it.
+"""fmtspec's one error type, the "(did you mean 'x'?)" hint its messages end with, `read_json` (a JSON file
+the user gave, or one line saying why it is not one), and the hook that prints the error as one line where no
+fmtspec command catches it.
 
 The `fmtspec` command catches `FmtspecError` itself. The stock `lm_eval` command lets exceptions from model
 creation and task loading escape to `sys.excepthook`. Importing fmtspec changes no hook: `install_excepthook()`
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
 import sys
+from pathlib import Path
 
 
 class FmtspecError(Exception):
@@ -27,6 +30,18 @@ def did_you_mean(name, options, prefix: str = "") -> str:
     values are compared as text (a YAML value may be a number)."""
     match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
     return f" (did you mean '{prefix}{match[0]}'?)" if match else ""
+
+
+def read_json(path: str | Path, what: str = "a JSON file"):
+    """The parsed content of `path`, or one FmtspecError line: unreadable, not UTF-8 text, or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FmtspecError(f"{path} is not {what}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise FmtspecError(f"{path} is not {what}: invalid JSON ({exc})") from None
+    except OSError as exc:
+        raise FmtspecError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager

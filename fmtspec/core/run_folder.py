@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 from fmtspec.core.atomic_files import ASIDE, TMP_PREFIX, TRASH, recover, remove_folder, write_text_atomically
-from fmtspec.core.errors import FmtspecError
+from fmtspec.core.errors import FmtspecError, read_json
 
 MANIFEST = "run.json"
 FORMAT = "fmtspec-run/1"
@@ -55,10 +55,7 @@ def read_manifest(run_dir: str | Path) -> dict:
     path = run_dir / MANIFEST
     if not path.is_file():
         raise FmtspecError(f"{run_dir} is not a fmtspec run folder: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise FmtspecError(f"cannot read {path}: {exc}") from None
+    manifest = read_json(path, "a fmtspec run manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FmtspecError(f"{path} is not a fmtspec run manifest (expected \"format\": \"{FORMAT}\")")
     return manifest

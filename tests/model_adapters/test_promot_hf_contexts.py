@@ -80,7 +80,7 @@ def test_requests_cut_to_max_length_are_counted(tiny_models, offline_data, monke
         assert results["config"]["promot_hf"]["truncated_requests"] == expected, kind
 
     # loglikelihood requests (a multiple-choice task: one request per choice)
-    monkeypatch.chdir(Path(__file__).parent / "assets" / "promot_hf")
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "assets" / "promot_hf")
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_defaults=False, include_path=".")

@@ -91,7 +91,7 @@ def test_default_task_manager_sees_fmtspec_tasks_after_builtins_and_before_user_
 
 
 def test_tasks_dir_is_the_harness_tasks_package():
-    assert Path(tasks_dir()) == Path(__file__).resolve().parents[1] / "harness_tasks"
+    assert Path(tasks_dir()) == Path(__file__).resolve().parents[3] / "harness_tasks"
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from lm_eval.api.model import LM  # noqa: E402
 from harness_tasks import metrics  # noqa: E402
 from harness_tasks import mini_world as mw  # noqa: E402
 
-MINI_DIR = Path(__file__).resolve().parents[1] / "harness_tasks" / "mini"
+MINI_DIR = Path(__file__).resolve().parents[2] / "harness_tasks" / "mini"
 SIZES = {"train": 60, "validation": 10, "test": 10}
 PRETRAIN = [mw.task_name(t) for t in mw.PRETRAIN_TASKS]
 TARGET = mw.task_name(mw.TARGET_TASK)

@@ -10,7 +10,7 @@ import pytest
 
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny"
 TASK, KEY = "fmtspec_wmt14_en_fr", "wmt14_en_fr"
 
@@ -199,7 +199,8 @@ class _Stub:
 
 
 def test_pruning_keeps_each_tasks_best_prompt_and_a_finished_stages_chosen(tmp_path):
-    from trainers.trainer import Evaluation, Stage
+    from trainers.methods import Stage
+    from trainers.trainer import Evaluation
 
     def ev(step, a, b):
         return Evaluation(step, {}, {"t0": a, "t1": b}, (a + b) / 2)

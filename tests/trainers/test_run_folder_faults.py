@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
 TINY = REPO / "configs" / "tiny"
 LEFTOVERS = (".old-", ".tmp-", ".trash-")

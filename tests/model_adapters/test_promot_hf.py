@@ -22,7 +22,7 @@ from fmtspec.core.errors import FmtspecError  # noqa: E402
 from greedy_reference import assert_generations_match, cut, expected_text, greedy  # noqa: E402
 from model_adapters.soft_prompt import save_soft_prompt  # noqa: E402
 
-ASSETS = Path(__file__).parent / "assets" / "promot_hf"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "promot_hf"
 NLI, QA = "promot_test_nli", "promot_test_qa"
 P = 4  # prompt length
 MAX_NEW = 16  # the QA task's max_gen_toks

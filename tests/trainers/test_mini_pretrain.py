@@ -11,7 +11,7 @@ import pytest
 
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_PRETRAIN = REPO / "configs" / "mini" / "pretrain_tiny.yaml"
 
 

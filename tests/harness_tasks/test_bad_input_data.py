@@ -21,7 +21,7 @@ from harness_tasks.examples import load_docs, render
 from harness_tasks.formats import FORMATS
 from harness_tasks.metrics import process_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
 LM_EVAL = Path(sys.executable).with_name("lm_eval")
 

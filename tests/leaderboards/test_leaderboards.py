@@ -18,9 +18,9 @@ from harness_tasks.catalog import GROUPS, SUITE, TARGETS
 from leaderboards.board import build, fmt
 from leaderboards.results import load_checkpoints, load_results_file
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "leaderboards"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "leaderboards"
 REAL_RESULTS = ASSETS / "real_results"
-TASK_YAMLS = {path.stem: path for path in (Path(__file__).resolve().parents[1] / "harness_tasks").rglob("*.yaml")}
+TASK_YAMLS = {path.stem: path for path in (Path(__file__).resolve().parents[2] / "harness_tasks").rglob("*.yaml")}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """`fmtspec demo` (= `make demo`): the wiring around experiments/demo_tiny.yaml and experiments/demo_mini.yaml.
-The full demo takes minutes; tests/test_experiment.py runs the same machinery end to end on a smaller
+The full demo takes minutes; tests/fmtspec/test_experiment.py runs the same machinery end to end on a smaller
 experiment, and the demo itself is run by hand and by `make demo` (README)."""
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV_KEYS = ("FMTSPEC_DATA_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 

@@ -265,8 +265,8 @@ def test_promot_under_zero1_trains_each_stage_with_its_rule(tiny_models, tmp_pat
     from trainers.train import train
     from fmtspec.core.run_folder import load_nested
 
-    monkeypatch.setenv("FMTSPEC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "harness_tasks" / "fixtures"))
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "promot.yaml",
+    monkeypatch.setenv("FMTSPEC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "harness_tasks" / "fixtures"))
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny" / "promot.yaml",
                          [f"model={tiny_models['mt5']}", "optimizer=adafactor_t5x", "engine.deepspeed=zero1",
                           "eval.limit=2", "prompt_training.eval_every=4", "model_training.eval_every=4"])
     run = train(config, tmp_path / "run")
@@ -284,7 +284,7 @@ def test_promot_under_zero1_trains_each_stage_with_its_rule(tiny_models, tmp_pat
 def test_every_paper_config_validates_and_names_the_papers_optimizer():
     from trainers.config import load_config
 
-    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "promot").rglob("*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[2] / "configs" / "promot").rglob("*.yaml"))
     assert len(files) >= 37
     for path in files:
         assert load_config(path)["optimizer"] == "adafactor_t5x", path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 CONFIG = "configs/tiny/finetune.yaml"
 SCRIPT_NAMES = ["train_single_node.sh", "train_multi_node.sh", "train_slurm.sbatch"]
@@ -52,7 +52,7 @@ TRAIN_ARGS = [CONFIG, "--set", "model_training.steps=200", "--set", "tasks=[fmts
 
 def test_single_node_dry_run_passes_everything_to_fmtspec_train():
     proc = run("train_single_node.sh", "--num_gpus", "8", "--master_port", "29611", "--dry_run", *TRAIN_ARGS,
-               env={"CUDA_VISIBLE_DEVICES": ""})  # none listed: --num_gpus (tests/test_experiment_gpus.py: listed)
+               env={"CUDA_VISIBLE_DEVICES": ""})  # none listed: --num_gpus (tests/fmtspec/test_experiment_gpus.py: listed)
     assert proc.returncode == 0, proc.stderr
     assert shlex.split(proc.stdout) == ["deepspeed", "--num_gpus", "8", "--master_port", "29611", "--no_local_rank",
                                         "--module", "fmtspec", "train", *TRAIN_ARGS]

@@ -15,7 +15,7 @@ from harness_tasks.formats import FORMATS, MCD_CATEGORIES, cut_articles
 from harness_tasks.metrics import (corpus_bleu, corpus_bleu_zh, first_word, macro_f1, normalize_answer,
                                    postprocess)
 
-FIXTURES = Path(__file__).resolve().parents[1] / "harness_tasks" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "harness_tasks" / "fixtures"
 ALL_KEYS = [t.key for t in catalog.SUITE + catalog.TARGETS + catalog.TEACH_TWICE]
 
 

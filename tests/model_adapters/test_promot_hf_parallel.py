@@ -34,7 +34,7 @@ pytest.importorskip("lm_eval")
 
 from test_promot_hf import _one_thread, prompts  # noqa: E402,F401  (fixtures)
 
-ASSETS = Path(__file__).parent / "assets" / "promot_hf"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "promot_hf"
 NLI, NLI_B, QA = "promot_test_nli", "promot_test_nli_b", "promot_test_qa"
 SAMPLES = {NLI: [0, 1, 2, 3, 4], NLI_B: [2, 5], QA: [0, 1, 2, 3, 4]}  # lm-eval: every rank needs a doc of each
 # every NLI request is cut (so are lm-eval's copies of one, which must not count), generation still has room

@@ -21,7 +21,7 @@ import fmtspec.processes as procs
 import fmtspec.scoring as scoring
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = """\
 name: x
 base_model: some/model

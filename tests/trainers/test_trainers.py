@@ -12,7 +12,7 @@ import pytest
 
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
 TINY = REPO / "configs" / "tiny"
 

@@ -302,7 +302,7 @@ def test_token_text_filter_never_hides_a_new_stop_string(tiny_models):
             text = decode(seq)
             if not text:
                 continue
-            at, length = int(torch.randint(len(text), ())), 1 + int(torch.randint(3, ()))
+            at, length = int(torch.randint(len(text), (), generator=gen)), 1 + int(torch.randint(3, (), generator=gen))
             stops = [text[at:at + length]]
             every_row = StopStrings(stops, decode, start=0)
             filtered = StopStrings(stops, decode, start=0, token_text=token_text)
@@ -337,3 +337,27 @@ def test_token_text_sees_what_a_token_adds():
     assert can_end_in("\n\n", "\nder") and not can_end_in("\n\n", "der\n\u00e9")  # that "\n" follows "r"
     assert can_end_in("ab", "xaby") and can_end_in("ab", "bx")  # "a" before it
     assert not can_end_in("ab", "xa") and not can_end_in("ab", "")
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_a_tail_inside_a_run_of_byte_tokens_is_judged_on_the_whole_text(filtered):
+    """ByteFallback (Llama) renders a run of byte tokens that is not valid UTF-8 as a whole as replacement
+    characters: the last tokens alone can show a stop string the generated text lacks, or miss one it has. A row
+    stops exactly when lm-eval's text of it (the whole generation, decoded) holds a stop string."""
+    from model_adapters.stop_strings import CONTEXT, StopStrings, TokenText
+
+    tok = _byte_fallback_tokenizer()
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    token_text = TokenText(decode, tok.encode(CONTEXT, add_special_tokens=False)) if filtered else None
+    byte = lambda value: tok.convert_tokens_to_ids(f"<0x{value:02X}>")  # noqa: E731
+    words = [w for w in tok.encode("the cat sat on a mat", add_special_tokens=False) if "h" not in decode([w])][:8]
+    # <0xE3><0x68>: "h" in the last 9 tokens alone, two replacement characters in the whole text
+    lone_h = [byte(0xE3), byte(0x68), *words]
+    assert "h" in decode(lone_h[1:]) and "h" not in decode(lone_h)
+    # a run of 3-byte characters then a newline: the last 9 tokens cut a character, the whole text is valid
+    cjk = [*(byte(b) for b in "東京東京東京".encode()), byte(0x0A)]
+    assert "\n" not in decode(cjk[-9:]) and decode(cjk).endswith("\n")
+    for row, stop in ((lone_h, "h"), (cjk, "\n")):
+        check = StopStrings([stop], decode, start=0, token_text=token_text)
+        assert bool(check(torch.tensor([row]), None)[0]) == (stop in decode(row)), (stop, decode(row))
+

@@ -15,7 +15,7 @@ from harness_tasks.data import DATA
 from harness_tasks.examples import render, score
 from harness_tasks.metrics import aggregations
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "harness_tasks"
+TASKS_DIR = Path(__file__).resolve().parents[2] / "harness_tasks"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
 PNG = b"\x89PNG\r\n\x1a\n"
 

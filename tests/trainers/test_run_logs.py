@@ -14,7 +14,7 @@ import pytest
 
 from fmtspec.core.errors import FmtspecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny"
 RECORD = {"step": 2, "stage": 1, "loss": 1.5, "lr": 0.001, "tokens_per_s": 10.0}
 

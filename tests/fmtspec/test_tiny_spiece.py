@@ -13,7 +13,7 @@ import pytest
 
 from fmtspec.tiny_models import SPIECE_PIECES, build_tiny_model, write_spiece_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "harness_tasks" / "fixtures"
 SENTINELS = 100
 
@@ -161,7 +161,7 @@ def test_lm_eval_promot_hf_scores_it(spiece, data_env):
 @pytest.mark.slow
 def test_trained_run_folder_is_scored_as_the_trainer_validated_it(spiece, data_env, tmp_path):
     """ProMoT on the fixtures (configs/tiny/promot.yaml), then `lm_eval --model promot_hf` on the run folder:
-    its generations are those the trainer made when it chose the checkpoint (as tests/test_trainers.py)."""
+    its generations are those the trainer made when it chose the checkpoint (as tests/trainers/test_trainers.py)."""
     from fmtspec.cli import main
 
     run = tmp_path / "run"
