@@ -501,7 +501,6 @@ class Trainer:
         self.step = 0  # optimizer steps over all stages: checkpoint names use it
         self.notes: list[str] = []
         self.stages_done: list[dict] = []  # results of finished stages (stored in checkpoints for --resume)
-        self.metrics_path = self.run_dir / rf.METRICS
         # TensorBoard / W&B (config `logging`): checked in every process, written by rank 0 (trainers/run_logs.py)
         self.run_logs = RunLogs(config, self.run_dir, write=is_main())
         self.last_predictions: list | None = None  # of the last validation: written beside its checkpoint
@@ -720,8 +719,7 @@ class Trainer:
     def log(self, record: dict) -> None:
         if not is_main():
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        rf.append_metrics(self.run_dir, record)
         self.run_logs.log(record)  # the same record to TensorBoard / W&B, when configured
 
     def close(self, failed: bool = False) -> None:

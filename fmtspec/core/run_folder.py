@@ -215,6 +215,13 @@ def write_checkpoint_view(run_dir: str | Path, step: int, view_dir: Path) -> Pat
     return view_dir
 
 
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    """One line of metrics.jsonl, written and closed at once: a kill mid-line leaves a partial last line, which
+    `read_metrics` skips and `truncate_metrics` drops."""
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The run's logged steps (`metrics.jsonl`); [] when it has none. A partial last line is a run still
     writing it; a bad line before it is an error naming file and line."""
