@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmtspec.core.errors import FmtspecError, did_you_mean
-from fmtspec.core.schema import Field, check, merge
+from fmtspec.core.schema import Field, check, is_int, merge
 from fmtspec.core.schema import defaults as schema_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,17 +57,13 @@ PRETRAIN_PREFIX = "pretrain:"  # base_model: pretrain:<config> pretrains (once, 
 RUN_LINKS = ("init_from", "stage1_from")  # run keys that name an earlier run
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _lm_eval_batch_size(value) -> bool:
-    return _is_int(value) and value >= 1 or isinstance(value, str) and re.fullmatch(r"auto(:[1-9][0-9]*)?", value)
+    return is_int(value) and value >= 1 or isinstance(value, str) and re.fullmatch(r"auto(:[1-9][0-9]*)?", value)
 
 
 def _gpus_ok(value) -> bool:
-    return (value == "auto" or _is_int(value) and value >= 0
-            or isinstance(value, list) and bool(value) and all(_is_int(v) and v >= 0 for v in value)
+    return (value == "auto" or is_int(value) and value >= 0
+            or isinstance(value, list) and bool(value) and all(is_int(v) and v >= 0 for v in value)
             and len(set(value)) == len(value))
 
 
@@ -87,7 +83,7 @@ RUN_SCHEMA = {
     "stage1_from": Field(str, rule="the label of an earlier prompt_tuning run"),
     "checkpoints": Field(str, "final", ("final", "all"), nullable=False),
     "seeds": Field(list, nullable=False, valid=lambda v: bool(v) and len(set(map(str, v))) == len(v)
-                   and all(_is_int(s) and s >= 0 for s in v), rule="a list of distinct integers >= 0, e.g. [0, 1, 2]"),
+                   and all(is_int(s) and s >= 0 for s in v), rule="a list of distinct integers >= 0, e.g. [0, 1, 2]"),
 }
 EXPERIMENT_SCHEMA = {
     "name": Field((str, int), help="names the output folder (experiments_out/<name>)"),
@@ -98,7 +94,7 @@ EXPERIMENT_SCHEMA = {
     "baseline": Field(str, PRETRAINED),
     "lm_eval": {  # as lm_eval's command line takes them
         "batch_size": Field((int, str), 8, valid=_lm_eval_batch_size, rule="an integer >= 1, auto or auto:N"),
-        "limit": Field((int, float), None, valid=lambda v: _is_int(v) and v >= 1 or isinstance(v, float) and 0 < v < 1,
+        "limit": Field((int, float), None, valid=lambda v: is_int(v) and v >= 1 or isinstance(v, float) and 0 < v < 1,
                        rule="an integer >= 1 (documents per task), a fraction between 0 and 1 (of each task's "
                             "documents) or null (all)"),
         "gen_kwargs": Field(str, None, valid=_nonblank, rule="a string such as 'max_gen_toks=16' or null"),
@@ -118,6 +114,7 @@ EXPERIMENT_SCHEMA = {
     "gpus": Field((str, int, list), "auto", valid=_gpus_ok,
                   rule="auto, a number of GPUs (0: none) or a list of distinct GPU numbers such as [0, 1]"),
 }
+
 
 @dataclass
 class RunSpec:

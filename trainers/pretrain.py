@@ -7,7 +7,7 @@
     shots: 1
     shots_share: 0.25           # a quarter of the inputs get a demonstration of the same task
 
-The engine is the one of every method (one stage that trains the model, capped by model_training.steps);
+The Trainer is the one of every method (one stage that trains the model, capped by model_training.steps);
 the run's model/ holds the weights and the tokenizer, so the run folder is a `base_model` / `init_from` of
 later runs and a `pretrained=` of `lm_eval --model promot_hf`.
 

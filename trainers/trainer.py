@@ -281,7 +281,7 @@ def partitioned_loading(config: dict):
     (`mini:` scratch models) are not partitioned by it: `partition_rest` does that.
 
     The HfDeepSpeedConfig lives for the block only: transformers consults it elsewhere as well (`generate` would
-    synchronise every process at each new token), and the engine already runs ZeRO-3 validation in lockstep."""
+    synchronise every process at each new token), and the Trainer already runs ZeRO-3 validation in lockstep."""
     ds = deepspeed_config(config, world_size())
     if ds.get("zero_optimization", {}).get("stage", 0) != 3:
         yield None

@@ -48,7 +48,7 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
               dict: "a mapping"}
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -100,14 +100,14 @@ def coerce(dotted: str, value, spec: Field, noun: str = "config key"):
             raise FmtspecError(f"{noun} '{dotted}' must be set")
         return None
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
-    if float in types and (isinstance(value, str) or _is_int(value) and int not in types):
+    if float in types and (isinstance(value, str) or is_int(value) and int not in types):
         try:  # YAML reads 1e-3 as a string
             value = float(value)
         except ValueError:
             pass
     if int in types and isinstance(value, float) and value.is_integer() and float not in types:
         value = int(value)
-    ok = any(_is_int(value) if t is int else isinstance(value, t) for t in types)
+    ok = any(is_int(value) if t is int else isinstance(value, t) for t in types)
     if not ok:
         names = spec.rule or " or ".join(TYPE_NAMES[t] for t in types)
         raise FmtspecError(f"{noun} '{dotted}' must be {names}, got {value!r}")
