@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmtspec.core.errors import FmtspecError, read_json
-from fmtspec.core.run_folder import is_run_folder, read_manifest
+from fmtspec.core.run_folder import is_run_folder, read_manifest, run_of
 from harness_tasks.catalog import GROUPS, parse_task_name
 from harness_tasks.metrics import metric_range
 
@@ -263,15 +263,9 @@ def _run_dir(folder: Path, config: dict) -> tuple[Path | None, str | None]:
     """The fmtspec run folder these results evaluate, and which of its checkpoints: from model_args
     (`pretrained=RUN_DIR`, `RUN_DIR/model`, `RUN_DIR/checkpoints/step-N`), else around the results."""
     for value in _model_arg_values(config.get("model_args")):
-        candidate = Path(value)
-        if value and is_run_folder(candidate):
-            return candidate, None
-        if len(candidate.parts) < 2:  # dtypes, sizes: their parent would be the working folder
-            continue
-        if is_run_folder(candidate.parent):
-            return candidate.parent, None if candidate.name == "model" else candidate.name
-        if candidate.parent.name == "checkpoints" and is_run_folder(candidate.parent.parent):
-            return candidate.parent.parent, candidate.name
+        run_dir, part = run_of(value) if value else (None, None)
+        if run_dir is not None:
+            return run_dir, part
     # RUN_DIR/<output_path>/<model>/results_*.json: the run folder is at most three levels up
     for ancestor in (folder, *folder.parents[:3]):
         if is_run_folder(ancestor):

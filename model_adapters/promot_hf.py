@@ -676,7 +676,7 @@ def _prompt_routes(run_dir, manifest, soft_prompt, prompt_tasks, mode) -> tuple[
     untasked = None
     if soft_prompt not in (None, ""):
         folder = str(soft_prompt)
-        tasks = patterns if patterns is not None else (list(from_run) or _tasks_of_prompt_in_run(folder))
+        tasks = patterns if patterns is not None else (list(from_run) or run_folder.tasks_of_prompt(folder))
         if mode == "auto" and not tasks:
             untasked = folder
         routes = [(task, folder) for task in tasks] or [("*", folder)]
@@ -711,14 +711,4 @@ def _warn_if_untrained(routes, manifest) -> None:
     if trained and not any(fnmatch.fnmatchcase(str(task), pattern) for pattern, _ in routes for task in trained):
         log.warning("promot_hf: prompt_tasks %s names no task the run was trained on (%s)",
                     "|".join(pattern for pattern, _ in routes), ", ".join(map(str, trained)))
-
-
-def _tasks_of_prompt_in_run(folder: str) -> list[str]:
-    """The tasks a prompt serves when it lies in a run folder (RUN/soft_prompt or RUN/prompts/<task>)."""
-    path = Path(folder).resolve()
-    for run_dir in (path.parent, path.parent.parent):
-        if run_folder.is_run_folder(run_dir):
-            prompts = run_folder.prompt_paths(run_dir, run_folder.read_manifest(run_dir))
-            return [task for task, where in prompts.items() if where.resolve() == path]
-    return []
 

@@ -98,6 +98,32 @@ def prompt_paths(run_dir: str | Path, manifest: dict) -> dict[str, Path]:
     return {task: located(run_dir, rel) for task, rel in (manifest.get("prompts") or {}).items()}
 
 
+def run_of(path: str | Path) -> tuple[Path | None, str | None]:
+    """(the run folder `path` names, the part of it) for RUN_DIR, RUN_DIR/model (part None: the run itself),
+    RUN_DIR/<other folder> and RUN_DIR/checkpoints/step-N (part: its name); (None, None) for any other path."""
+    candidate = Path(path)
+    if is_run_folder(candidate):
+        return candidate, None
+    if len(candidate.parts) < 2:  # a bare name (a dtype, a size): its parent would be the working folder
+        return None, None
+    if is_run_folder(candidate.parent):
+        return candidate.parent, None if candidate.name == "model" else candidate.name
+    if candidate.parent.name == CHECKPOINTS and is_run_folder(candidate.parent.parent):
+        return candidate.parent.parent, candidate.name
+    return None, None
+
+
+def tasks_of_prompt(folder: str | Path) -> list[str]:
+    """The tasks a prompt folder serves when it lies in a run folder (RUN/soft_prompt or RUN/prompts/<task>);
+    [] for a folder outside any run."""
+    path = Path(folder).resolve()
+    for run_dir in (path.parent, path.parent.parent):
+        if is_run_folder(run_dir):
+            return [task for task, where in prompt_paths(run_dir, read_manifest(run_dir)).items()
+                    if where.resolve() == path]
+    return []
+
+
 # -- the writer's files --------------------------------------------------------------------------------
 
 CHECKPOINTS = "checkpoints"
