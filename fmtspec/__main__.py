@@ -1,3 +1,5 @@
+"""`python -m fmtspec`: the same as the `fmtspec` command."""
+
 import sys
 
 from fmtspec.cli import main
