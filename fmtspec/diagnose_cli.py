@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmtspec.diagnose import MODULES, alignment_for_run, specialization_table, write_alignment, write_specialization
 from fmtspec.core.errors import FmtspecError
+from fmtspec.diagnose import MODULES, alignment_for_run, specialization_table, write_alignment, write_specialization
 from fmtspec.experiment_file import task_list
 from fmtspec.processes import say
 from fmtspec.scoring import run_scores, score_job

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fmtspec.core.atomic_files import write_atomically
 from fmtspec.core.errors import FmtspecError
-from leaderboards.board import Board, seed_groups, seed_stem
 from fmtspec.core.run_folder import read_metrics
+from leaderboards.board import Board, seed_groups, seed_stem
 
 DPI = 150
 

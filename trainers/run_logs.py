@@ -35,8 +35,8 @@ import string
 import sys
 from pathlib import Path
 
-from fmtspec.core.errors import FmtspecError
 from fmtspec.core import run_folder as rf
+from fmtspec.core.errors import FmtspecError
 
 WANDB_MODES = ("online", "offline", "disabled")
 NOT_LOGGED = ("step", "stage")  # the x-axis, and the stage number (in metrics.jsonl only)

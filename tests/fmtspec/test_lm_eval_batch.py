@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from fmtspec.core.errors import FmtspecError
-from fmtspec.lm_eval_batch import DONE, _reuse_task_index, run_jobs
 from fmtspec.core.lm_eval_plugin import tasks_dir
+from fmtspec.lm_eval_batch import DONE, _reuse_task_index, run_jobs
 
 LM_EVAL = str(Path(sys.executable).parent / "lm_eval")
 DROP = {"date", "total_evaluation_time_seconds", "start_time", "end_time", "pretty_env_info", "git_hash",

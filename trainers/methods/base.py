@@ -8,12 +8,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-PARTS = ("model", "prompt", "lora")  # what a stage can train (Trainer.set_trainable)
-
-
 @dataclass(frozen=True)
 class StagePlan:
-    trains: tuple[str, ...]  # of PARTS
+    trains: tuple[str, ...]  # of "model", "prompt", "lora" (what Trainer.set_trainable knows)
     section: str  # the config section of its steps, lr and eval_every
     lr: Callable[[dict], float] | None = None  # its learning rate from the config, if not the section's
 
@@ -23,7 +20,7 @@ class Stage:
     """A planned stage with its numbers resolved: what trains, for how many steps, at which learning rate."""
 
     number: int  # 1 or 2
-    trains: tuple[str, ...]  # of PARTS
+    trains: tuple[str, ...]  # as its StagePlan's
     steps: int
     lr: float
     eval_every: int
